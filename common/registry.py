@@ -1,0 +1,192 @@
+"""Model registry on a shared volume: <root>/<name>/<version>/{model.safetensors, manifest.json}.
+
+Publishing writes into a temporary folder and renames it into place, so a reader never sees a
+half-written version; a version folder without manifest.json is ignored. Aliases live in
+<root>/<name>/aliases.json, rewritten atomically under a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from common.errors import InvalidArgument, NotFound
+from common.manifest import MANIFEST_FILE, WEIGHTS_FILE, ExplanationDefaults, Manifest
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+ALIASES_FILE = "aliases.json"
+
+
+def check_name(kind: str, value: str) -> str:
+    if not NAME_PATTERN.match(value or "") or value.isdigit():
+        raise InvalidArgument(
+            f"invalid {kind} {value!r}: use letters, digits, '_', '.', '-' (not only digits, at most 100)"
+        )
+    return value
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class Registry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- reading -------------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+
+    def versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        return sorted(
+            int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / MANIFEST_FILE).is_file()
+        )
+
+    def path(self, name: str, version: int) -> Path:
+        return self.root / name / str(version)
+
+    def manifest(self, name: str, version: int) -> Manifest:
+        file = self.path(name, version) / MANIFEST_FILE
+        if not file.is_file():
+            raise NotFound(f"model {name!r} has no version {version} (versions: {self.versions(name)})")
+        return Manifest.model_validate_json(file.read_text())
+
+    def aliases(self, name: str) -> dict[str, int]:
+        file = self.root / name / ALIASES_FILE
+        if not file.is_file():
+            return {}
+        return {k: int(v) for k, v in json.loads(file.read_text()).items()}
+
+    def aliases_of(self, name: str, version: int) -> list[str]:
+        return sorted(a for a, v in self.aliases(name).items() if v == version)
+
+    def resolve(self, name: str, version: int = 0, alias: str = "", default_alias: str = "production") -> Manifest:
+        """version > 0 wins; else alias; else default_alias when it exists; else the newest version."""
+        if not name:
+            raise InvalidArgument("a model name is required")
+        versions = self.versions(name)
+        if not versions:
+            known = ", ".join(self.names()) or "none"
+            raise NotFound(f"unknown model {name!r} (published models: {known})")
+        if version:
+            return self.manifest(name, version)
+        aliases = self.aliases(name)
+        if alias:
+            if alias not in aliases:
+                raise NotFound(f"model {name!r} has no alias {alias!r} (aliases: {sorted(aliases) or 'none'})")
+            return self.manifest(name, aliases[alias])
+        if default_alias and default_alias in aliases:
+            return self.manifest(name, aliases[default_alias])
+        return self.manifest(name, versions[-1])
+
+    def newest(self) -> Manifest | None:
+        """The most recently published version of any model."""
+        best: Manifest | None = None
+        for name in self.names():
+            versions = self.versions(name)
+            if versions:
+                candidate = self.manifest(name, versions[-1])
+                if best is None or candidate.created_at > best.created_at:
+                    best = candidate
+        return best
+
+    def load_state_dict(self, name: str, version: int) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path(name, version) / WEIGHTS_FILE))
+
+    # -- writing -------------------------------------------------------------------------------
+    def publish(self, manifest: Manifest, state_dict: Mapping[str, torch.Tensor], *,
+                extra_files: Mapping[str, bytes] | None = None, aliases: list[str] | None = None) -> Manifest:
+        """Write weights + manifest (+ extra files) atomically as the next version; returns the manifest."""
+        name = check_name("model name", manifest.name)
+        for alias in aliases or []:
+            check_name("alias", alias)
+        folder = self.root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            manifest = manifest.model_copy(update={"weights_sha256": _sha256(tmp / WEIGHTS_FILE)})
+            for filename, data in (extra_files or {}).items():
+                _fsync_write(tmp / filename, data)
+            while True:
+                version = (max(self._all_version_dirs(folder), default=0)) + 1
+                manifest = manifest.model_copy(update={"version": version})
+                _fsync_write(tmp / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+                try:
+                    os.rename(tmp, folder / str(version))
+                    break
+                except OSError as exc:  # another publisher took this version first
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        for alias in aliases or []:
+            self.set_alias(name, alias, manifest.version)
+        return manifest
+
+    @staticmethod
+    def _all_version_dirs(folder: Path) -> list[int]:
+        return [int(p.name) for p in folder.iterdir() if p.name.isdigit()]
+
+    def set_alias(self, name: str, alias: str, version: int) -> None:
+        check_name("alias", alias)
+        if version not in self.versions(name):
+            raise NotFound(f"model {name!r} has no version {version} (versions: {self.versions(name)})")
+        with self._locked(name):
+            aliases = self.aliases(name)
+            aliases[alias] = version
+            self._replace(self.root / name / ALIASES_FILE, json.dumps(aliases, indent=2).encode())
+
+    def update_explanation(self, name: str, version: int, defaults: ExplanationDefaults) -> Manifest:
+        """Store new explanation defaults in an existing version's manifest (atomic rewrite)."""
+        with self._locked(name):
+            manifest = self.manifest(name, version).model_copy(update={"explanation": defaults})
+            self._replace(self.path(name, version) / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        lock_path = self.root / name / ".lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+b") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _replace(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        _fsync_write(tmp, data)
+        os.replace(tmp, path)

