@@ -1,0 +1,179 @@
+"""Typed Python SDK for the three services: what schedulers, factory systems and auditors use."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.zdm.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    common_pb2,
+    explainer_pb2,
+    explainer_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TERMINAL_STATES = {
+    trainer_pb2.JOB_STATE_SUCCEEDED,
+    trainer_pb2.JOB_STATE_FAILED,
+    trainer_pb2.JOB_STATE_CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    trainer: str = "127.0.0.1:50051"
+    classifier: str = "127.0.0.1:50052"
+    explainer: str = "127.0.0.1:50053"
+
+    @classmethod
+    def from_env(cls) -> Endpoints:
+        return cls(
+            trainer=os.environ.get("ZDM_TRAINER_ADDR", cls.trainer),
+            classifier=os.environ.get("ZDM_CLASSIFIER_ADDR", cls.classifier),
+            explainer=os.environ.get("ZDM_EXPLAINER_ADDR", cls.explainer),
+        )
+
+
+def model_ref(name: str = "", version: int = 0, alias: str = "") -> common_pb2.ModelRef:
+    return common_pb2.ModelRef(name=name, version=version, alias=alias)
+
+
+def image_from(source: str | Path | bytes, name: str = "") -> common_pb2.Image:
+    if isinstance(source, bytes):
+        return common_pb2.Image(data=source, name=name)
+    path = Path(source)
+    return common_pb2.Image(data=path.read_bytes(), name=name or path.name)
+
+
+def _channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        address,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_status: bool = False) -> None:
+    """Block until the server at address reports SERVING for service (raises TimeoutError).
+
+    With any_status, any health answer will do (the process is up, maybe waiting for a model).
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    with _channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+                if any_status or status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+            except grpc.RpcError as exc:
+                last = exc.code().name
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} {service or 'server'} not SERVING after {timeout:.0f}s (last: {last})")
+
+
+class TrainerClient:
+    def __init__(self, address: str) -> None:
+        self.channel = _channel(address)
+        self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
+
+    def submit(self, spec: trainer_pb2.JobSpec, *, idempotency_key: str = "",
+               max_attempts: int = 0) -> trainer_pb2.SubmitJobResponse:
+        return self.stub.SubmitJob(trainer_pb2.SubmitJobRequest(
+            job=spec, idempotency_key=idempotency_key, max_attempts=max_attempts))
+
+    def submit_sweep(self, sweep: trainer_pb2.SweepSpec, *, idempotency_key: str = "") -> trainer_pb2.SubmitJobResponse:
+        return self.stub.SubmitJob(trainer_pb2.SubmitJobRequest(sweep=sweep, idempotency_key=idempotency_key))
+
+    def get(self, job_id: str) -> trainer_pb2.Job:
+        return self.stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id))
+
+    def watch(self, job_id: str, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
+        return self.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence))
+
+    def cancel(self, job_id: str) -> trainer_pb2.Job:
+        return self.stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id))
+
+    def list(self, limit: int = 50) -> list[trainer_pb2.Job]:
+        return list(self.stub.ListJobs(trainer_pb2.ListJobsRequest(limit=limit)).jobs)
+
+    def models(self, name: str = "") -> list[common_pb2.ModelInfo]:
+        return list(self.stub.ListModels(trainer_pb2.ListModelsRequest(name=name)).models)
+
+    def get_model(self, ref: common_pb2.ModelRef) -> common_pb2.ModelInfo:
+        return self.stub.GetModel(trainer_pb2.GetModelRequest(model=ref))
+
+    def set_alias(self, name: str, alias: str, version: int) -> common_pb2.ModelInfo:
+        return self.stub.SetAlias(trainer_pb2.SetAliasRequest(name=name, alias=alias, version=version))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class ClassifierClient:
+    def __init__(self, address: str) -> None:
+        self.channel = _channel(address)
+        self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
+
+    def classify(self, image: common_pb2.Image, *, model: common_pb2.ModelRef | None = None,
+                 part_id: str = "", line_id: str = "", timeout: float | None = None) -> classifier_pb2.Verdict:
+        return self.stub.Classify(classifier_pb2.ClassifyRequest(
+            image=image, model=model, part_id=part_id, line_id=line_id), timeout=timeout)
+
+    def classify_batch(self, images: list[common_pb2.Image], *,
+                       model: common_pb2.ModelRef | None = None) -> list[classifier_pb2.Verdict]:
+        return list(self.stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(images=images, model=model)).verdicts)
+
+    def classify_stream(self, requests: Iterable[classifier_pb2.ClassifyRequest]) -> Iterator[classifier_pb2.Verdict]:
+        return self.stub.ClassifyStream(iter(requests))
+
+    def model_info(self, model: common_pb2.ModelRef | None = None) -> classifier_pb2.ServedModel:
+        return self.stub.GetModelInfo(classifier_pb2.GetModelInfoRequest(model=model))
+
+    def set_threshold(self, name: str, threshold: float) -> classifier_pb2.ServedModel:
+        return self.stub.SetThreshold(classifier_pb2.SetThresholdRequest(name=name, threshold=threshold))
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+class ExplainerClient:
+    def __init__(self, address: str) -> None:
+        self.channel = _channel(address)
+        self.stub = explainer_pb2_grpc.ExplainerStub(self.channel)
+
+    def explain(self, request: explainer_pb2.ExplainRequest,
+                timeout: float | None = None) -> explainer_pb2.ExplainResponse:
+        return self.stub.Explain(request, timeout=timeout)
+
+    def evaluate(self, request: explainer_pb2.EvaluateDatasetRequest) -> Iterator[explainer_pb2.EvaluateDatasetEvent]:
+        return self.stub.EvaluateDataset(request)
+
+    def search_defaults(
+        self, request: explainer_pb2.SearchDefaultsRequest
+    ) -> Iterator[explainer_pb2.SearchDefaultsEvent]:
+        return self.stub.SearchDefaults(request)
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def to_dict(message: object) -> dict:
+    """A proto message as a plain dict (snake_case names), for printing and JSON output."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
