@@ -85,7 +85,8 @@ def prepare_dataset(cfg: DemoConfig, log: Callable[[str], None]) -> tuple[Path, 
     if not (root / "train").is_dir():
         log(f"generating a synthetic impeller dataset in {root}")
         generate_dataset(root, train_per_class=cfg.synthetic_train_per_class,
-                         test_per_class=cfg.synthetic_test_per_class, size=cfg.synthetic_size, seed=cfg.seed)
+                         test_per_class=cfg.synthetic_test_per_class, size=cfg.synthetic_size, seed=cfg.seed,
+                         overwrite=True)
     return root, root / "masks" / "test"
 
 
