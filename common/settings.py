@@ -6,10 +6,13 @@ every service's settings; `REDIS_URL` is also read without prefix, as users expe
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".zdm"
 
@@ -24,10 +27,22 @@ class CommonSettings(BaseSettings):
     # Model registry root: <root>/<name>/<version>/{model.safetensors, manifest.json}.
     registry: Path = DEFAULT_HOME / "registry"
     # Datasets must lie under one of these roots (PERMISSION_DENIED otherwise).
-    data_roots: list[Path] = Field(default_factory=lambda: [DEFAULT_HOME / "data", Path.cwd()])
+    # From the environment: a JSON list, or paths separated by ':' (like PATH) or ','.
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [DEFAULT_HOME / "data", Path.cwd()])
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            sep = "," if "," in text else os.pathsep
+            return [part for part in text.split(sep) if part.strip()]
+        return value
 
 
 class ServerSettings(BaseSettings):
@@ -81,6 +96,27 @@ class ClassifierSettings(ServerSettings):
     reload_poll_seconds: float = 5.0
     # Prometheus metrics HTTP port; 0 = disabled.
     metrics_port: int = 0
+    # torch device for backend "torch" / "auto" ("cuda" uses the GPU when there is one).
+    device: str = "cpu"
+    # Inference threads of the CPU backend; 0 = the runtime's default (all cores).
+    inference_threads: int = 0
+    # OpenVINO inference precision: auto (bf16 where the CPU has it) | bf16 | f32.
+    precision: str = "auto"
+    # OpenCV's own thread pool per decode/resize call; 1 leaves parallelism to the gRPC threads.
+    opencv_threads: int = 1
+    # Loaded versions kept at most (versions pinned by requests are evicted least recently used first).
+    max_loaded_models: int = 4
+    # A version that failed to load is not retried for this many seconds (requests get UNAVAILABLE).
+    load_retry_seconds: float = 30.0
+    # ClassifyStream: items read ahead of the oldest unanswered one (flow control window).
+    stream_window: int = 64
+    # Seconds a threshold read from Redis is reused; replicas agree within this time.
+    threshold_cache_seconds: float = 1.0
+    # Audit records buffered in memory while the writer catches up; beyond it they are dropped (counted).
+    audit_buffer_size: int = 10_000
+    # Audit records kept per part id, and how long a part's index lives after its last record.
+    audit_per_part_max: int = 100
+    audit_part_ttl_seconds: int = 30 * 24 * 3600
 
 
 class ExplainerSettings(ServerSettings):
