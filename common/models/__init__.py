@@ -1,0 +1,1 @@
+"""Networks: the zoo of architectures, Luna, freeze policies and initial weights."""
