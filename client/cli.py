@@ -60,9 +60,9 @@ def _grpc_errors(func):
 @app.command()
 def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME) -> None:
     """Start Redis (embedded unless REDIS_URL is set) and the three services; Ctrl-C stops everything."""
-    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), log=lambda line: console.print(line,
-                                                                                                        markup=False,
-                                                                                                        highlight=False))
+    ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_PORT", DEFAULT_PORTS[s])) for s in SERVICES}
+    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports,
+                  log=lambda line: console.print(line, markup=False, highlight=False))
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     stack.start()
