@@ -315,8 +315,5 @@ def explain(
         console.print(f"overlay written to {out}")
 
 
-def main() -> None:  # pragma: no cover
+if __name__ == "__main__":
     app()
-
-
-__all__ = ["app", "DEFAULT_PORTS"]

@@ -317,6 +317,14 @@ class JobQueue:
             if self.r.zrem(key, job_id):  # only the worker that removed it enqueues it
                 self._enqueue(job_id.decode())
 
+    def outstanding(self) -> int:
+        """Jobs delivered but not acknowledged (running or held by a dead worker) plus delayed retries.
+
+        A burst-mode worker keeps waiting while this is non-zero: such jobs may still come back to it.
+        """
+        pending = self.r.xpending(self.stream, GROUP)
+        return int(pending["pending"]) + int(self.r.zcard(f"{self.p}:jobs:delayed"))
+
     def dead_letter(self, job_id: str, reason: str) -> None:
         self.r.xadd(f"{self.p}:deadletter", {"job_id": job_id, "reason": reason, "ts": repr(time.time())},
                     maxlen=10_000, approximate=True)
