@@ -190,10 +190,12 @@ def _to_uint8(img: np.ndarray, label: str) -> np.ndarray:
     raise BadImage(f"{label} has an unsupported sample type {img.dtype}")
 
 
-def _to_rgb(img: np.ndarray, label: str) -> np.ndarray:
+def _to_rgb(img: np.ndarray, label: str, allow_alpha: bool = True) -> np.ndarray:
     if img.ndim not in (2, 3):
         raise BadImage(f"{label} decoded to an unexpected shape {img.shape}")
     channels = 1 if img.ndim == 2 else img.shape[2]
+    if channels in (2, 4) and not allow_alpha:
+        raise BadImage(f"{label} has an alpha channel ({channels} channels); send grayscale or RGB without alpha")
     if channels == 1:
         return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
     if channels == 2:  # gray + alpha
@@ -205,7 +207,9 @@ def _to_rgb(img: np.ndarray, label: str) -> np.ndarray:
     raise BadImage(f"{label} has an unsupported channel count {channels}")
 
 
-def decode_image(data: bytes, *, max_bytes: int = 20_000_000, max_pixels: int = 40_000_000, name: str = "") -> np.ndarray:
+def decode_image(
+    data: bytes, *, max_bytes: int = 20_000_000, max_pixels: int = 40_000_000, name: str = "", allow_alpha: bool = True
+) -> np.ndarray:
     """Decode JPEG/PNG/BMP/TIFF bytes into a uint8 RGB array of shape (H, W, 3).
 
     Grayscale is replicated to three channels, alpha is dropped, 16-bit samples are scaled to 8 bits.
@@ -215,6 +219,7 @@ def decode_image(data: bytes, *, max_bytes: int = 20_000_000, max_pixels: int = 
         max_bytes: reject larger inputs before looking at them.
         max_pixels: reject images whose header claims more pixels, before decoding.
         name: shown in error messages (a file name or a request's image id).
+        allow_alpha: False rejects images with an alpha channel (2 or 4 channels) instead of dropping it.
 
     Raises:
         BadImage: for every input that is not a decodable image within the limits.
@@ -232,7 +237,7 @@ def decode_image(data: bytes, *, max_bytes: int = 20_000_000, max_pixels: int = 
         raise BadImage(f"{label} could not be decoded as {header.format.upper()}: {exc}") from exc
     if img is None or img.size == 0:
         raise BadImage(f"{label} could not be decoded as {header.format.upper()} (truncated or corrupt)")
-    return _to_rgb(_to_uint8(img, label), label)
+    return _to_rgb(_to_uint8(img, label), label, allow_alpha)
 
 
 def _norm_params(mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

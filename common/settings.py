@@ -82,7 +82,7 @@ class ClassifierSettings(ServerSettings):
     model_config = SettingsConfigDict(env_prefix="ZDM_CLASSIFIER_", extra="ignore")
 
     port: int = 50052
-    # Model served when a request names none; empty = every model's default alias resolution.
+    # Model served when a request names none; empty = the most recently published model of the registry.
     default_model: str = ""
     default_alias: str = "production"
     backend: str = "auto"  # auto | openvino | onnxruntime | torch
@@ -91,6 +91,8 @@ class ClassifierSettings(ServerSettings):
     default_threshold: float = 0.5
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    # Images with an alpha channel (2 or 4 channels) are rejected unless this is true (alpha is then dropped).
+    accept_alpha: bool = False
     audit_max_len: int = 100_000
     # Seconds between registry scans (fallback when a publish event was missed).
     reload_poll_seconds: float = 5.0
