@@ -26,6 +26,7 @@ from common.models.weights import LITE0_PYPI, LITE0_TIMM_NAME
 from common.models.zoo import ArchSpec, get_spec
 from common.paths import resolve_under_roots
 from common.registry import check_name
+from services.trainer.runtime import check_devices
 
 # Thesis recipe (DESIGN.md): CrossEntropy, Adam lr 2e-5, weight decay 2.5e-4, 6 epochs, batch 32.
 DEFAULT_LR = 2e-5
@@ -207,8 +208,7 @@ def parse_recipe(data: Mapping[str, Any] | None, arch: ArchSpec) -> RecipeConfig
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise InvalidArgument(f"recipe.image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size}")
     devices = _int(data, "devices", "recipe.devices") or 1
-    if devices != 1:
-        raise InvalidArgument(f"recipe.devices={devices}: this trainer runs one device per job")
+    check_devices(devices)  # on the validating host's default device: GPUs there, else CPU processes
     loader_workers = _int(data, "loader_workers", "recipe.loader_workers")
     if loader_workers > MAX_LOADER_WORKERS:
         raise InvalidArgument(f"recipe.loader_workers must be at most {MAX_LOADER_WORKERS}, got {loader_workers}")

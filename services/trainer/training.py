@@ -5,6 +5,10 @@ similarity to the initial parameters) for the publisher. It knows nothing about 
 worker passes `FitHooks` — progress / epoch callbacks and a `check` called before every batch that
 raises to stop the run (cancel, shutdown, lost lease).
 
+A `Parallelism` says how one fit spreads over processes: the base class is the single process; a
+multi-device job (`services.trainer.distributed`) runs the same `fit` in every data-parallel rank with
+the subclass in `services.trainer.ranks`.
+
 The per-batch path is kept lean (bench/train.py compares it with a bare PyTorch loop): the loss and
 predictions stay on the device and are read once per progress report, not once per batch.
 """
@@ -290,6 +294,31 @@ class EpochRunner:
                                       loss=float(loss_sum) / len(y_true))
 
 
+class Parallelism:
+    """How one fit spreads over processes; this base class is a single process and changes nothing.
+
+    ``services.trainer.ranks.DataParallel`` overrides it in each rank of a multi-device job:
+    sharded batches, a DDP runner with reduced metrics, and only the main rank writes checkpoints.
+    """
+
+    is_main: bool = True
+
+    def describe(self, runtime: Runtime) -> str:
+        return runtime.describe()
+
+    def shard(self, data: PreparedData) -> PreparedData:
+        """This process's part of the data."""
+        return data
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Called once the model is on its device, before the optimizer is built."""
+        return model
+
+    def runner(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: LrSchedule, runtime: Runtime,
+               freeze: FreezeReport, classes: list[str], hooks: FitHooks) -> EpochRunner:
+        return EpochRunner(model, optimizer, schedule, runtime, freeze, classes, hooks)
+
+
 def _restore(ckpt: checkpoints.Checkpoint, model: nn.Module, optimizer: torch.optim.Optimizer,
              schedule: LrSchedule, stopper: EarlyStopping) -> None:
     model.load_state_dict(ckpt.model, strict=True)
@@ -299,10 +328,12 @@ def _restore(ckpt: checkpoints.Checkpoint, model: nn.Module, optimizer: torch.op
     checkpoints.restore_rng(ckpt.rng)
 
 
-def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | None = None) -> FitResult:
+def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | None = None,
+        parallel: Parallelism | None = None) -> FitResult:
     """Train a validated job; resumes from the job's newest checkpoint when one matches the config."""
     options = options or FitOptions()
     hooks = hooks or FitHooks()
+    parallel = parallel or Parallelism()
     started = time.perf_counter()
     arch = get_spec(config.architecture)
     recipe = config.recipe
@@ -312,6 +343,7 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         val_fraction=recipe.val_fraction, seed=recipe.seed, augment=recipe.augment,
         loader_workers=recipe.loader_workers, cache_dir=options.cache_dir, in_memory_bytes=options.in_memory_bytes,
     )
+    data = parallel.shard(data)
     defect_class = resolve_defect_class(data.classes, config.defect_class)
     runtime = resolve_runtime(recipe.precision, arch, recipe.image_size, options.device)
     seed_everything(recipe.seed)  # the network's init does not depend on how the data was loaded
@@ -319,6 +351,7 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
     initial = {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters()}
     model = model.to(runtime.device, memory_format=torch.channels_last if runtime.channels_last
                      else torch.contiguous_format)
+    model = parallel.prepare_model(model)
     optimizer = build_optimizer(model, arch, recipe)
     per_epoch = data.train.num_batches(True)
     if recipe.max_batches_per_epoch:
@@ -340,8 +373,8 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
     resumed_from = start_epoch - 1
     if hooks.on_start is not None:
         hooks.on_start(StartInfo(freeze_report.trainable, freeze_report.total, data.unreadable(),
-                                 runtime.describe(), resumed_from, data.classes))
-    runner = EpochRunner(model, optimizer, schedule, runtime, freeze_report, data.classes, hooks)
+                                 parallel.describe(runtime), resumed_from, data.classes))
+    runner = parallel.runner(model, optimizer, schedule, runtime, freeze_report, data.classes, hooks)
     for epoch in range(start_epoch, recipe.epochs + 1):
         if stopper.stopped:
             break
@@ -355,7 +388,7 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         history.append(report.as_dict())
         if hooks.on_epoch is not None:
             hooks.on_epoch(report)
-        if options.checkpoint_root is not None:
+        if options.checkpoint_root is not None and parallel.is_main:
             checkpoints.save(options.checkpoint_root, options.job_id, checkpoints.Checkpoint(
                 epoch=epoch, model=model.state_dict(), optimizer=optimizer.state_dict(),
                 scheduler=schedule.state_dict(), early_stopping=stopper.state_dict(), history=history,
@@ -380,5 +413,5 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         image_size=recipe.image_size, fingerprint=data.fingerprint, weights_source=weights_source,
         freeze=freeze_report, metrics=metrics, history=history, epochs_run=int(history[-1]["epoch"]),
         seconds=time.perf_counter() - started, cosine_to_initial=cosine, unreadable_images=data.unreadable(),
-        resumed_from_epoch=resumed_from, runtime=runtime.describe(),
+        resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime),
     )

@@ -14,6 +14,8 @@ checkpoint. Outcomes of one attempt:
 
 Run standalone (scale-out) with ``python -m services.trainer.worker [--burst]``; the server
 process (``python -m services.trainer``) runs ``settings.workers`` of these loops in threads.
+A job with ``recipe.devices`` > 1 trains on data-parallel rank processes that the worker starts
+and supervises for the job (``services.trainer.distributed``); the outcomes above are the same.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from common.redis_conn import connect, resolve_url
 from common.registry import Registry
 from common.settings import TrainerSettings
 from services.trainer import checkpoints
+from services.trainer.distributed import fit_distributed
 from services.trainer.publish import publish
 from services.trainer.spec import parse_job_spec
 from services.trainer.sweep import on_child_finished
@@ -256,7 +259,8 @@ class Worker:
         config = parse_job_spec(record.spec, common.data_roots)
         options = FitOptions(job_id=record.job_id, checkpoint_root=Path(self.settings.checkpoint_dir),
                              cache_dir=Path(common.cache_dir), device=self.device)
-        result = fit(config, options, self._hooks(record.job_id, heartbeat))
+        run = fit_distributed if config.recipe.devices > 1 else fit  # devices > 1: data-parallel ranks
+        result = run(config, options, self._hooks(record.job_id, heartbeat))
         if heartbeat.lost.is_set() or not self.queue.heartbeat(claim, self.name):  # still ours?
             raise LeaseLost(record.job_id)
         manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id)

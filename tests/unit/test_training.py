@@ -74,7 +74,7 @@ def test_spec_defaults_are_the_thesis_recipe(data_root) -> None:
     ({"recipe": {"weight_decay": 3}}, InvalidArgument, "weight_decay"),
     ({"recipe": {"warmup_epochs": 4}}, InvalidArgument, "warmup_epochs"),
     ({"recipe": {"image_size": 4}}, InvalidArgument, "image_size"),
-    ({"recipe": {"devices": 2}}, InvalidArgument, "one device"),
+    ({"recipe": {"devices": 99}}, InvalidArgument, "recipe.devices=99"),
     ({"recipe": {"schedule": "SCHEDULE_SAWTOOTH"}}, InvalidArgument, "recipe.schedule"),
     ({"freeze": {"fraction": 1.5}}, InvalidArgument, "freeze.fraction"),
     ({"freeze": {"prefixes": {"prefixes": [""]}}}, InvalidArgument, "freeze.prefixes"),
