@@ -33,7 +33,8 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """preexec_fn for children that must not outlive this process (Linux PR_SET_PDEATHSIG)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -85,7 +86,7 @@ class Stack:
             proc = subprocess.Popen(
                 [sys.executable, "-m", f"services.{service}"],
                 cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, bufsize=1, preexec_fn=_die_with_parent,
+                text=True, bufsize=1, preexec_fn=die_with_parent,
             )
             self._procs[service] = proc
             threading.Thread(target=self._pump, args=(service, proc), daemon=True).start()

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from client.sdk import TrainerClient, wait_serving  # noqa: E402
-from client.stack import free_port  # noqa: E402
+from client.stack import die_with_parent, free_port  # noqa: E402
 from common.redis_conn import EmbeddedRedis  # noqa: E402
 from protos.zdm.v1 import common_pb2, trainer_pb2  # noqa: E402
 
@@ -85,7 +85,7 @@ def trainer_service(home: Path, url: str, data_root: Path) -> Iterator[str]:
                ZDM_TRAINER_PORT=str(port), ZDM_TRAINER_WORKERS="1", PYTHONUNBUFFERED="1")
     log = open(home / "trainer.log", "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "services.trainer"], cwd=REPO, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+                            stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     address = f"127.0.0.1:{port}"
     try:
         wait_serving(address, "zdm.v1.Trainer", timeout=180)
