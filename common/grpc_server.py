@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import uuid
@@ -174,10 +175,16 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     return running
 
 
-def stop_on_signals(stop: Callable[[], None]) -> None:
-    """SIGTERM / SIGINT call stop() once (from the main thread)."""
+def stop_on_signals(stop: Callable[[], None], *, second_exits: bool = False) -> None:
+    """SIGTERM / SIGINT call stop() in a thread; with ``second_exits`` a second signal exits the process at once."""
+    signals = 0
 
     def handler(signum: int, _frame: Any) -> None:
+        nonlocal signals
+        signals += 1
+        if second_exits and signals > 1:
+            log.warning("second signal %s: exiting now", signal.Signals(signum).name)
+            os._exit(1)
         log.info("signal %s: stopping", signal.Signals(signum).name)
         threading.Thread(target=stop, name="stopper", daemon=True).start()
 

@@ -54,3 +54,12 @@ class EmbeddedRedis:
 def resolve_url(url: str) -> str:
     """The configured URL, or REDIS_URL from the environment; empty when neither is set."""
     return url or os.environ.get("REDIS_URL", "")
+
+
+def require_url(url: str) -> str:
+    """``resolve_url``, or exit with status 2 (after logging why) when no Redis is configured."""
+    resolved = resolve_url(url)
+    if not resolved:
+        log.error("no Redis: set REDIS_URL (or ZDM_REDIS_URL); `zdm up` starts an embedded one")
+        raise SystemExit(2)
+    return resolved

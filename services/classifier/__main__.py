@@ -20,7 +20,7 @@ import cv2  # noqa: E402
 from common.grpc_server import stop_on_signals  # noqa: E402
 from common.images import silence_opencv_logs  # noqa: E402
 from common.log import setup_logging  # noqa: E402
-from common.redis_conn import connect, resolve_url  # noqa: E402
+from common.redis_conn import connect, require_url  # noqa: E402
 from common.settings import ClassifierSettings  # noqa: E402
 
 log = logging.getLogger("services.classifier")
@@ -29,10 +29,7 @@ log = logging.getLogger("services.classifier")
 def main() -> int:
     settings = ClassifierSettings()
     setup_logging("classifier", settings.common.log_level)
-    url = resolve_url(settings.common.redis_url)
-    if not url:
-        log.error("no Redis: set REDIS_URL (or use `zdm up`, which starts an embedded one)")
-        return 2
+    url = require_url(settings.common.redis_url)
     cv2.setNumThreads(settings.opencv_threads)
     silence_opencv_logs()
 

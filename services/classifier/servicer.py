@@ -23,11 +23,10 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import json_format
 
 from common.errors import BadImage, DeadlineExceeded, InvalidArgument, Unavailable, ZdmError
 from common.images import decode_image, preprocess
-from common.manifest import Manifest
+from common.proto_convert import manifest_to_info
 from common.registry import Registry
 from common.settings import ClassifierSettings
 from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
@@ -39,11 +38,6 @@ from services.classifier.thresholds import ThresholdStore
 
 log = logging.getLogger(__name__)
 
-_FREEZE_MODES = {
-    "frozen": common_pb2.FREEZE_MODE_FROZEN,
-    "partial": common_pb2.FREEZE_MODE_PARTIAL,
-    "unfrozen": common_pb2.FREEZE_MODE_UNFROZEN,
-}
 _MAX_AUDIT_LIMIT = 1000
 _END = object()
 
@@ -364,7 +358,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def _served_model(self, model: LoadedModel) -> classifier_pb2.ServedModel:
         manifest = model.manifest
         return classifier_pb2.ServedModel(
-            info=model_info(manifest, self._registry.aliases_of(manifest.name, manifest.version)),
+            info=manifest_to_info(manifest, self._registry.aliases_of(manifest.name, manifest.version)),
             threshold=self._thresholds.get(manifest.name),
             backend=model.backend.name,
             loaded_at=model.loaded_at,
@@ -399,53 +393,6 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = np.exp(z - z.max())
     return z / z.sum()
-
-
-# -- proto conversion -----------------------------------------------------------------------------
-def model_info(manifest: Manifest, aliases: list[str]) -> common_pb2.ModelInfo:
-    """The manifest as a ModelInfo message (every field; manifest_json carries the rest)."""
-    pre = manifest.preprocessing
-    return common_pb2.ModelInfo(
-        name=manifest.name,
-        version=manifest.version,
-        aliases=aliases,
-        architecture=manifest.architecture,
-        classes=manifest.classes,
-        defect_class=manifest.defect_class,
-        preprocessing=common_pb2.Preprocessing(image_size=pre.image_size, mean=pre.mean, std=pre.std, channels=pre.channels),
-        freeze=_freeze(manifest),
-        metrics=[_split_metrics(split, values) for split, values in manifest.metrics.items()],
-        explanation=common_pb2.ExplanationDefaults(**manifest.explanation.model_dump()),
-        dataset_fingerprint=manifest.dataset_fingerprint,
-        weights_source=manifest.weights_source,
-        trainable_params=manifest.trainable_params,
-        total_params=manifest.total_params,
-        job_id=manifest.job_id,
-        created_at=manifest.created_at,
-        manifest_json=manifest.model_dump_json(),
-    )
-
-
-def _freeze(manifest: Manifest) -> common_pb2.FreezePolicy:
-    spec = manifest.freeze
-    if spec.mode:
-        return common_pb2.FreezePolicy(mode=_FREEZE_MODES.get(spec.mode, common_pb2.FREEZE_MODE_UNSPECIFIED))
-    if spec.fraction is not None:
-        return common_pb2.FreezePolicy(fraction=spec.fraction)
-    if spec.prefixes:
-        return common_pb2.FreezePolicy(prefixes=common_pb2.ModulePrefixes(prefixes=spec.prefixes))
-    return common_pb2.FreezePolicy()
-
-
-def _split_metrics(split: str, values: dict[str, Any]) -> common_pb2.SplitMetrics:
-    message = common_pb2.SplitMetrics()
-    try:
-        json_format.ParseDict({k: v for k, v in values.items() if v is not None}, message, ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
-        log.warning("metrics of split %r do not fit SplitMetrics (%s); see manifest_json", split, exc)
-        message = common_pb2.SplitMetrics()
-    message.split = split
-    return message
 
 
 def _audit_record(entry: AuditEntry) -> classifier_pb2.AuditRecord:

@@ -8,13 +8,12 @@ epoch checkpoint), then the server stops with its grace period. A second signal 
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 from common.grpc_server import ServiceBinding, build_server, stop_on_signals
 from common.jobqueue import JobQueue
 from common.log import setup_logging
-from common.redis_conn import connect, resolve_url
+from common.redis_conn import connect, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import trainer_pb2_grpc
@@ -29,10 +28,7 @@ SERVICE_NAME = "zdm.v1.Trainer"
 def main() -> int:
     settings = TrainerSettings()
     setup_logging("trainer", settings.common.log_level)
-    url = resolve_url(settings.common.redis_url)
-    if not url:
-        log.error("no Redis: set REDIS_URL (or ZDM_REDIS_URL); `zdm up` starts an embedded one")
-        return 2
+    url = require_url(settings.common.redis_url)
     client = connect(url)
     registry = Registry(settings.common.registry)
     queue = JobQueue(client, settings.common.key_prefix, lease_seconds=settings.lease_seconds,
@@ -52,13 +48,7 @@ def main() -> int:
     server.set_serving(True)
     log.info("trainer serving on %s:%d with %d worker(s), redis %s", settings.host, server.port, len(workers), url)
 
-    calls = {"n": 0}
-
     def stop() -> None:
-        calls["n"] += 1
-        if calls["n"] > 1:
-            log.warning("second stop signal: exiting now")
-            os._exit(1)
         server.set_serving(False)
         for worker in workers:
             worker.request_stop()
@@ -66,7 +56,7 @@ def main() -> int:
             thread.join(timeout=settings.grace_seconds)
         server.stop()
 
-    stop_on_signals(stop)
+    stop_on_signals(stop, second_exits=True)
     server.wait()
     log.info("trainer stopped")
     return 0

@@ -152,17 +152,7 @@ class DistributedEpochRunner(EpochRunner):
                 with self._autocast():
                     logits = self.ddp(x)
                     summed = F.cross_entropy(logits.float(), y, reduction="sum")
-                loss = summed * (world / total)
-                self.optimizer.zero_grad(set_to_none=True)
-                if self.scaler is not None:
-                    self.scaler.scale(loss).backward()
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    loss.backward()
-                    self.optimizer.step()
-                if self.schedule is not None:
-                    self.schedule.step()
+                self._step(summed * (world / total))
                 steps += 1
                 seen += int(y.shape[0])
                 seen_global += total

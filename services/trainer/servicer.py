@@ -17,9 +17,10 @@ from google.protobuf import json_format
 
 from common.errors import InvalidArgument
 from common.jobqueue import TERMINAL, Event, JobQueue, JobRecord
-from common.manifest import FreezeSpec, Manifest
+from common.manifest import Manifest
 from common.metrics import cosine_similarity
 from common.models.zoo import build_model
+from common.proto_convert import manifest_to_info
 from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
@@ -33,8 +34,6 @@ MAX_ATTEMPTS_LIMIT = 100
 MAX_LIST = 1000
 MAX_IDEMPOTENCY_KEY = 200
 WATCH_BLOCK_MS = 500
-_FREEZE_MODES = {"frozen": common_pb2.FREEZE_MODE_FROZEN, "partial": common_pb2.FREEZE_MODE_PARTIAL,
-                 "unfrozen": common_pb2.FREEZE_MODE_UNFROZEN}
 
 
 # -- internal -> proto ---------------------------------------------------------------------------
@@ -85,37 +84,6 @@ def event_to_proto(job_id: str, event: Event) -> trainer_pb2.JobEvent:
     else:
         out.message = str(event.data.get("message", ""))
     return out
-
-
-def freeze_to_proto(freeze: FreezeSpec) -> common_pb2.FreezePolicy:
-    if freeze.mode:
-        return common_pb2.FreezePolicy(mode=_FREEZE_MODES.get(freeze.mode, common_pb2.FREEZE_MODE_UNSPECIFIED))
-    if freeze.fraction is not None:
-        return common_pb2.FreezePolicy(fraction=freeze.fraction)
-    if freeze.prefixes:
-        return common_pb2.FreezePolicy(prefixes=common_pb2.ModulePrefixes(prefixes=freeze.prefixes))
-    return common_pb2.FreezePolicy(mode=common_pb2.FREEZE_MODE_UNFROZEN)
-
-
-def manifest_to_info(manifest: Manifest, aliases: list[str]) -> common_pb2.ModelInfo:
-    info = common_pb2.ModelInfo(
-        name=manifest.name, version=manifest.version, aliases=aliases, architecture=manifest.architecture,
-        classes=manifest.classes, defect_class=manifest.defect_class,
-        preprocessing=common_pb2.Preprocessing(
-            image_size=manifest.preprocessing.image_size, mean=manifest.preprocessing.mean,
-            std=manifest.preprocessing.std, channels=manifest.preprocessing.channels),
-        freeze=freeze_to_proto(manifest.freeze),
-        explanation=common_pb2.ExplanationDefaults(
-            method=manifest.explanation.method, layer=manifest.explanation.layer,
-            threshold=manifest.explanation.threshold, normalization=manifest.explanation.normalization),
-        dataset_fingerprint=manifest.dataset_fingerprint, weights_source=manifest.weights_source,
-        trainable_params=manifest.trainable_params, total_params=manifest.total_params, job_id=manifest.job_id,
-        created_at=manifest.created_at, manifest_json=manifest.model_dump_json(),
-    )
-    for split, metrics in manifest.metrics.items():
-        data = {"split": split, **{k: v for k, v in metrics.items() if v is not None}}
-        info.metrics.append(_parse(data, common_pb2.SplitMetrics()))
-    return info
 
 
 # -- the servicer --------------------------------------------------------------------------------

@@ -211,6 +211,19 @@ class EpochRunner:
         return torch.autocast(self.rt.device.type, dtype=self.rt.autocast_dtype or torch.float32,
                               enabled=self.rt.autocast_dtype is not None)
 
+    def _step(self, loss: torch.Tensor) -> None:
+        """One optimiser step on ``loss`` (through the grad scaler when there is one), then the schedule's."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()
+
     def train_epoch(self, source: BatchSource, epoch: int, epochs: int, max_batches: int = 0,
                     remaining_after: int = 0) -> dict[str, Any]:
         """Train one epoch; returns the running train metrics (predictions made while training).
@@ -237,16 +250,7 @@ class EpochRunner:
             with self._autocast():
                 logits = self.model(x)
                 loss = F.cross_entropy(logits.float(), y)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
-            if self.schedule is not None:
-                self.schedule.step()
+            self._step(loss)
             n = y.shape[0]
             seen += n
             loss_sum += loss.detach() * n

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -35,6 +34,7 @@ import redis
 
 from common import log as log_context
 from common.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ZdmError
+from common.grpc_server import stop_on_signals
 from common.jobqueue import (
     CANCELLED,
     FAILED,
@@ -48,7 +48,7 @@ from common.jobqueue import (
     JobRecord,
 )
 from common.log import setup_logging
-from common.redis_conn import connect, resolve_url
+from common.redis_conn import connect, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
 from services.trainer import checkpoints
@@ -326,24 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TrainerSettings()
     setup_logging("trainer-worker", settings.common.log_level)
-    url = resolve_url(settings.common.redis_url)
-    if not url:
-        log.error("no Redis: set REDIS_URL (the zdm CLI starts an embedded one for the services)")
-        return 2
+    url = require_url(settings.common.redis_url)
     worker = Worker(settings, connect(url), name=args.name, device=args.device)
-    signals = {"count": 0}
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        signals["count"] += 1
-        if signals["count"] == 1:
-            log.info("signal %s: finishing the current batch, then stopping", signal.Signals(signum).name)
-            worker.request_stop()
-        else:
-            log.warning("second signal: stopping now")
-            os._exit(1)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(worker.request_stop, second_exits=True)  # the current batch finishes first
     worker.run(burst=args.burst)
     return 0
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 import pytest
@@ -20,9 +16,8 @@ import torch
 from common.settings import TrainerSettings
 from protos.zdm.v1 import trainer_pb2
 from services.trainer.runtime import MAX_CPU_PROCESSES
-from tests.service.trainer_support import Harness, job_spec, make_dataset, make_settings, trainer_harness
+from tests.service.trainer_support import Harness, job_spec, make_dataset, make_settings, trainer_harness, worker_process
 
-REPO = Path(__file__).resolve().parents[2]
 WORKERS = ("worker-a", "worker-b")
 MODEL_NAMES = ("line-1", "line-2", "line-3")
 
@@ -39,17 +34,9 @@ class WorkerProcess:
     """``python -m services.trainer.worker`` on the test's Redis prefix, registry and data; output collected."""
 
     def __init__(self, settings: TrainerSettings, name: str) -> None:
-        common = settings.common
-        env = dict(os.environ, REDIS_URL=common.redis_url, ZDM_KEY_PREFIX=common.key_prefix,
-                   ZDM_REGISTRY=str(common.registry), ZDM_DATA_ROOTS=json.dumps([str(p) for p in common.data_roots]),
-                   ZDM_CACHE_DIR=str(common.cache_dir), ZDM_TRAINER_CHECKPOINT_DIR=str(settings.checkpoint_dir),
-                   ZDM_TRAINER_LEASE_SECONDS=str(settings.lease_seconds),
-                   ZDM_TRAINER_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds), HF_HUB_OFFLINE="1",
-                   OMP_NUM_THREADS="1", ZDM_LOG_LEVEL="INFO")
         self.name = name
         self.lines: list[str] = []
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.trainer.worker", "--name", name], cwd=REPO,
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.proc = worker_process(settings, name, ZDM_LOG_LEVEL="INFO")
         self._reader = threading.Thread(target=self._read, daemon=True)  # also keeps the pipe from filling up
         self._reader.start()
 

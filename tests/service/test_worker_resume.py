@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
-from common.settings import TrainerSettings
 from protos.zdm.v1 import trainer_pb2
-from tests.service.trainer_support import Harness, job_spec, make_dataset, make_settings, trainer_harness
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.service.trainer_support import Harness, job_spec, make_dataset, make_settings, trainer_harness, worker_process
 
 
 @pytest.fixture
@@ -24,18 +19,6 @@ def harness(tmp_path, redis_url, redis_client, key_prefix, registry_root):
     settings = make_settings(tmp_path, redis_url, key_prefix, registry_root, lease=1.5)
     with trainer_harness(settings, redis_client) as h:
         yield h
-
-
-def _worker_process(settings: TrainerSettings, name: str) -> subprocess.Popen:
-    common = settings.common
-    env = dict(os.environ, REDIS_URL=common.redis_url, ZDM_KEY_PREFIX=common.key_prefix,
-               ZDM_REGISTRY=str(common.registry), ZDM_DATA_ROOTS=json.dumps([str(p) for p in common.data_roots]),
-               ZDM_CACHE_DIR=str(common.cache_dir), ZDM_TRAINER_CHECKPOINT_DIR=str(settings.checkpoint_dir),
-               ZDM_TRAINER_LEASE_SECONDS=str(settings.lease_seconds),
-               ZDM_TRAINER_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds), HF_HUB_OFFLINE="1",
-               OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "services.trainer.worker", "--burst", "--name", name], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _wait_for_checkpoint(h: Harness, job_id: str, proc: subprocess.Popen, timeout: float = 60.0) -> int:
@@ -49,6 +32,18 @@ def _wait_for_checkpoint(h: Harness, job_id: str, proc: subprocess.Popen, timeou
             proc.kill()
             pytest.fail(f"worker process never checkpointed (state {record.state}):\n{out}")
         time.sleep(0.01)
+
+
+@contextmanager
+def _checkpointed_worker(h: Harness, job_id: str, name: str) -> Iterator[subprocess.Popen]:
+    """A ``--burst`` worker process once it has checkpointed the job; killed if still alive after the block."""
+    proc = worker_process(h.settings, name, "--burst")
+    try:
+        _wait_for_checkpoint(h, job_id, proc)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _messages(h: Harness, job_id: str) -> list[str]:
@@ -65,14 +60,9 @@ def _submit_long_job(h: Harness) -> str:
 def test_killed_worker_job_is_finished_by_another_from_the_last_epoch_once(harness: Harness) -> None:
     h = harness
     job_id = _submit_long_job(h)
-    proc = _worker_process(h.settings, "doomed")
-    try:
-        _wait_for_checkpoint(h, job_id, proc)
+    with _checkpointed_worker(h, job_id, "doomed") as proc:
         proc.send_signal(signal.SIGKILL)  # a hard death: no hand-back, the lease must expire
         proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     killed_at_epoch = h.queue.get(job_id).checkpoint_epoch
     assert h.queue.get(job_id).state == "RUNNING" and not h.registry.versions("resumable")
     with h.running_worker(name="rescuer"):
@@ -90,14 +80,9 @@ def test_killed_worker_job_is_finished_by_another_from_the_last_epoch_once(harne
 def test_sigterm_hands_the_job_back_at_once_without_using_an_attempt(harness: Harness) -> None:
     h = harness
     job_id = _submit_long_job(h)
-    proc = _worker_process(h.settings, "leaving")
-    try:
-        _wait_for_checkpoint(h, job_id, proc)
+    with _checkpointed_worker(h, job_id, "leaving") as proc:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert proc.returncode == 0, out
     record = h.queue.get(job_id)
     assert record.state == "QUEUED" and record.attempt == 0, record

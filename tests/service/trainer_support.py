@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from services.trainer.worker import Worker
 
 ARCH = "test_resnet"
 IMAGE_SIZE = 32
+REPO = Path(__file__).resolve().parents[2]
 
 
 def make_settings(tmp: Path, redis_url: str, key_prefix: str, registry_root: Path, *, lease: float = 1.5) -> TrainerSettings:
@@ -53,6 +58,20 @@ def job_spec(dataset: Path, *, name: str = "m", epochs: int = 2, batch_size: int
         recipe=trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, image_size=IMAGE_SIZE, lr=1e-3,
                                   precision=trainer_pb2.PRECISION_FP32, **recipe),
     )
+
+
+def worker_process(settings: TrainerSettings, name: str, *args: str, **env: str) -> subprocess.Popen:
+    """``python -m services.trainer.worker --name NAME *args`` on the settings' Redis prefix, registry, data and
+    checkpoints (``env`` added to the environment); stdout and stderr together in ``proc.stdout``."""
+    common = settings.common
+    environ = dict(os.environ, REDIS_URL=common.redis_url, ZDM_KEY_PREFIX=common.key_prefix,
+               ZDM_REGISTRY=str(common.registry), ZDM_DATA_ROOTS=json.dumps([str(p) for p in common.data_roots]),
+               ZDM_CACHE_DIR=str(common.cache_dir), ZDM_TRAINER_CHECKPOINT_DIR=str(settings.checkpoint_dir),
+               ZDM_TRAINER_LEASE_SECONDS=str(settings.lease_seconds),
+               ZDM_TRAINER_HEARTBEAT_SECONDS=str(settings.heartbeat_seconds), HF_HUB_OFFLINE="1",
+               OMP_NUM_THREADS="1", **env)
+    return subprocess.Popen([sys.executable, "-m", "services.trainer.worker", "--name", name, *args], cwd=REPO,
+                            env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @dataclass

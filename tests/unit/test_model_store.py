@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -59,10 +61,16 @@ def registry(registry_root: Path) -> Registry:
     return Registry(registry_root)
 
 
-def make_store(registry: Registry, factory: Factory, **overrides: object) -> tuple[ModelStore, list[bool]]:
+@contextmanager
+def open_store(registry: Registry, factory: Factory, **overrides: object) -> Iterator[tuple[ModelStore, list[bool]]]:
+    """A store on the registry (closed when the block ends) and the list its on_ready calls append to."""
     settings = ClassifierSettings(common=CommonSettings(registry=registry.root), **overrides)  # type: ignore[arg-type]
     ready: list[bool] = []
-    return ModelStore(registry, settings, factory=factory, on_ready=ready.append), ready
+    store = ModelStore(registry, settings, factory=factory, on_ready=ready.append)
+    try:
+        yield store, ready
+    finally:
+        store.close()
 
 
 def served_version(store: ModelStore, name: str = "", version: int = 0, alias: str = "") -> int:
@@ -74,8 +82,7 @@ def test_default_model_is_the_newest_published_and_prefers_production(registry: 
     factory = Factory()
     publish(registry, "a")
     publish(registry, "a")
-    store, ready = make_store(registry, factory)
-    try:
+    with open_store(registry, factory) as (store, ready):
         store.refresh()
         assert ready == [True] and store.default_name() == "a"
         assert served_version(store) == 2
@@ -88,16 +95,13 @@ def test_default_model_is_the_newest_published_and_prefers_production(registry: 
         registry.set_alias("b", "production", 2)
         store.refresh()
         assert served_version(store) == 2
-    finally:
-        store.close()
 
 
 def test_configured_default_model_and_unknown_names(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "a")
     publish(registry, "b")
-    store, _ = make_store(registry, factory, default_model="a")
-    try:
+    with open_store(registry, factory, default_model="a") as (store, _):
         store.refresh()
         assert served_version(store) == 1 and store.default_name() == "a"
         with pytest.raises(NotFound):
@@ -106,27 +110,21 @@ def test_configured_default_model_and_unknown_names(registry: Registry) -> None:
             store.acquire("a", version=5)
         with pytest.raises(NotFound):
             store.acquire("a", alias="staging")
-    finally:
-        store.close()
 
 
 def test_empty_registry_is_unavailable(registry: Registry) -> None:
-    store, ready = make_store(registry, Factory())
-    try:
+    with open_store(registry, Factory()) as (store, ready):
         store.refresh()
         with pytest.raises(Unavailable):
             store.acquire()
         assert ready == [] and not store.ready
-    finally:
-        store.close()
 
 
 def test_pinned_versions_are_lru_bounded_and_targets_stay(registry: Registry) -> None:
     factory = Factory()
     for _ in range(4):
         publish(registry, "m")
-    store, _ = make_store(registry, factory, max_loaded_models=2)
-    try:
+    with open_store(registry, factory, max_loaded_models=2) as (store, _):
         store.refresh()  # target ("m", "") -> v4
         assert served_version(store, "m", 1) == 1
         assert served_version(store, "m", 2) == 2  # pool: v4 (target), v1, v2 -> v1 evicted
@@ -135,18 +133,15 @@ def test_pinned_versions_are_lru_bounded_and_targets_stay(registry: Registry) ->
         assert served_version(store, "m", 1) == 1  # loaded again
         assert factory.calls.count(("m", 1)) == 2
         assert served_version(store) == 4
-    finally:
-        store.close()
 
 
 def test_concurrent_requests_load_a_version_once(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "m")
     publish(registry, "m")
-    store, _ = make_store(registry, factory)
-    factory.delay = 0.3
-    results: list[int] = []
-    try:
+    with open_store(registry, factory) as (store, _):
+        factory.delay = 0.3
+        results: list[int] = []
         threads = [threading.Thread(target=lambda: results.append(served_version(store, "m", 1))) for _ in range(6)]
         for t in threads:
             t.start()
@@ -154,15 +149,12 @@ def test_concurrent_requests_load_a_version_once(registry: Registry) -> None:
             t.join(10)
         assert results == [1] * 6
         assert factory.calls == [("m", 1)]
-    finally:
-        store.close()
 
 
 def test_hot_swap_keeps_leased_old_version_until_released(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "m")
-    store, _ = make_store(registry, factory)
-    try:
+    with open_store(registry, factory) as (store, _):
         store.refresh()
         old = store.acquire()
         publish(registry, "m")
@@ -175,15 +167,12 @@ def test_hot_swap_keeps_leased_old_version_until_released(registry: Registry) ->
         with pytest.raises(Unavailable):
             old.batcher.submit(np.zeros((3, 4, 4), np.float32))
         assert [m.manifest.version for m in store.loaded()] == [2]
-    finally:
-        store.close()
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "m")
-    store, _ = make_store(registry, factory, load_retry_seconds=60)
-    try:
+    with open_store(registry, factory, load_retry_seconds=60) as (store, _):
         store.refresh()
         factory.broken.add(("m", 2))
         publish(registry, "m")
@@ -195,32 +184,26 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(registry: Regis
         store.refresh()
         assert served_version(store) == 1
         assert factory.calls.count(("m", 2)) == 1
-    finally:
-        store.close()
 
 
 def test_registry_poll_picks_up_a_new_version_without_an_event(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "m")
-    store, ready = make_store(registry, factory, reload_poll_seconds=0.1)
-    store.start()
-    try:
+    with open_store(registry, factory, reload_poll_seconds=0.1) as (store, ready):
+        store.start()
         assert store.wait_ready(10) and ready == [True]
         publish(registry, "m")
         end = time.monotonic() + 10
         while time.monotonic() < end and served_version(store) != 2:
             time.sleep(0.05)
         assert served_version(store) == 2
-    finally:
-        store.close()
 
 
 def test_alias_targets_follow_moves_and_removals(registry: Registry) -> None:
     factory = Factory()
     publish(registry, "m", aliases=["staging"])
     publish(registry, "m")
-    store, _ = make_store(registry, factory)
-    try:
+    with open_store(registry, factory) as (store, _):
         assert served_version(store, "m", alias="staging") == 1
         registry.set_alias("m", "staging", 2)
         store.refresh()
@@ -230,5 +213,3 @@ def test_alias_targets_follow_moves_and_removals(registry: Registry) -> None:
         with pytest.raises(NotFound):
             store.acquire("m", alias="staging")
         assert served_version(store, "m") == 2
-    finally:
-        store.close()
