@@ -39,6 +39,10 @@ EDGE_TOLERANCE = 1e-3  # pixels: rounding in normalised YOLO coordinates must no
 Box = tuple[float, float, float, float]
 
 
+class EmptyMask(InvalidArgument):
+    """A well-formed mask that marks no defect (no bytes, no boxes, no pixel): datasets skip these."""
+
+
 def load_mask(data: bytes, fmt: str, height: int, width: int) -> np.ndarray:
     """Decode ``data`` into a boolean ``height x width`` mask (``True`` = defect).
 
@@ -51,7 +55,7 @@ def load_mask(data: bytes, fmt: str, height: int, width: int) -> np.ndarray:
     if not (isinstance(height, int) and isinstance(width, int) and height > 0 and width > 0):
         raise InvalidArgument(f"image size must be positive integers, got {height}x{width}")
     if not data:
-        raise InvalidArgument("mask is empty (no bytes)")
+        raise EmptyMask("mask is empty (no bytes)")
 
     if fmt in ("yolo", "xyxy"):
         mask = _text_mask(data, fmt, height, width)
@@ -65,7 +69,7 @@ def load_mask(data: bytes, fmt: str, height: int, width: int) -> np.ndarray:
             mask = _image_mask(image, fmt)
             mask = _fit_size(mask, height, width)
     if not mask.any():
-        raise InvalidArgument("mask marks no defect pixel")
+        raise EmptyMask("mask marks no defect pixel")
     return mask
 
 
@@ -140,7 +144,7 @@ def _text_lines(data: bytes) -> list[list[str]]:
         if line and not line.startswith("#"):
             rows.append([f for f in _SPLIT.split(line) if f])
     if not rows:
-        raise InvalidArgument("mask text has no boxes")
+        raise EmptyMask("mask text has no boxes")
     return rows
 
 
@@ -185,4 +189,4 @@ def _text_mask(data: bytes, fmt: str, height: int, width: int) -> np.ndarray:
     return boxes_to_mask(boxes, height, width)
 
 
-__all__ = ["MASK_FORMATS", "boxes_to_mask", "load_mask"]
+__all__ = ["MASK_FORMATS", "EmptyMask", "boxes_to_mask", "load_mask"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from common.errors import InvalidArgument
 from common.images import preprocess_batch
@@ -14,6 +15,7 @@ from services.explainer import heatmap as hm
 from services.explainer.attention import attention_batch
 from services.explainer.cam import explain_batch
 from services.explainer.model_store import LoadedModel
+from services.explainer.regions import REGIONS, apply_region
 
 CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
 METHODS = (*CAM_METHODS, "attention")
@@ -27,6 +29,7 @@ class ExplainOptions:
     normalization: str = ""  # "max" | "minmax" | "" = default
     target_class: str = ""  # "" = the predicted class
     heads: tuple[int, ...] = ()
+    region: str = "all"  # "all" | "peak" (services.explainer.regions); not in the manifest or the proto yet
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class Resolved:
     layer: str
     threshold: float
     normalization: str
+    region: str = "all"
 
 
 @dataclass
@@ -70,7 +74,9 @@ def resolve_options(loaded: LoadedModel, opts: ExplainOptions) -> Resolved:
     normalization = opts.normalization or defaults.normalization
     if normalization not in ("max", "minmax"):
         raise InvalidArgument(f"normalization must be 'max' or 'minmax', got {normalization!r}")
-    return Resolved(method, layer, float(threshold), normalization)
+    if opts.region not in REGIONS:
+        raise InvalidArgument(f"region must be one of {', '.join(REGIONS)}, got {opts.region!r}")
+    return Resolved(method, layer, float(threshold), normalization, opts.region)
 
 
 def _target(loaded: LoadedModel, name: str, n: int) -> list[int] | None:
@@ -82,10 +88,14 @@ def _target(loaded: LoadedModel, name: str, n: int) -> list[int] | None:
     return [classes.index(name)] * n
 
 
-def explain_images(loaded: LoadedModel, images: list[np.ndarray], opts: ExplainOptions,
-                   masks: list[np.ndarray | None] | None = None) -> tuple[Resolved, list[Explanation]]:
-    """Explain a batch of decoded RGB images (any sizes); masks, when given, are at each image's size."""
-    resolved = resolve_options(loaded, opts)
+def compute_heatmaps(loaded: LoadedModel, images: list[np.ndarray], resolved: Resolved,
+                     opts: ExplainOptions) -> tuple[list[np.ndarray], Tensor, list[int] | None]:
+    """Normalised heatmaps at each image's size (float32 in [0, 1]), the softmax probabilities and the
+    explained class per image (``None`` = the predicted one), before any threshold.
+
+    The dataset evaluation and the layer / threshold search call this once per layer and threshold
+    the maps as often as they need.
+    """
     pre = loaded.manifest.preprocessing
     x = torch.from_numpy(preprocess_batch(images, pre.image_size, pre.mean, pre.std))
     target = _target(loaded, opts.target_class, len(images))
@@ -98,12 +108,22 @@ def explain_images(loaded: LoadedModel, images: list[np.ndarray], opts: ExplainO
         maps, logits = explain_batch(loaded.model, x, resolved.layer, resolved.method, target)
     probs = torch.softmax(logits.float(), dim=1)
     normalised = hm.normalize(maps, resolved.normalization)
-    out: list[Explanation] = []
-    classes = loaded.manifest.classes
+    heats = []
     for i, image in enumerate(images):
         h, w = image.shape[:2]
-        heat = hm.to_image_size(normalised[i:i + 1], h, w)[0].clamp_(0, 1).numpy().astype(np.float32)
-        mask = hm.threshold(torch.from_numpy(heat), resolved.threshold).numpy()
+        heats.append(hm.to_image_size(normalised[i:i + 1], h, w)[0].clamp_(0, 1).numpy().astype(np.float32))
+    return heats, probs, target
+
+
+def explain_images(loaded: LoadedModel, images: list[np.ndarray], opts: ExplainOptions,
+                   masks: list[np.ndarray | None] | None = None) -> tuple[Resolved, list[Explanation]]:
+    """Explain a batch of decoded RGB images (any sizes); masks, when given, are at each image's size."""
+    resolved = resolve_options(loaded, opts)
+    heats, probs, target = compute_heatmaps(loaded, images, resolved, opts)
+    out: list[Explanation] = []
+    classes = loaded.manifest.classes
+    for i, heat in enumerate(heats):
+        mask = apply_region(hm.threshold(torch.from_numpy(heat), resolved.threshold).numpy(), heat, resolved.region)
         predicted = int(probs[i].argmax())
         explained = target[i] if target is not None else predicted
         gt = masks[i] if masks else None

@@ -48,7 +48,11 @@ class ExplainerModelStore:
         with self._lock:
             if key in self._loaded:
                 self._loaded.move_to_end(key)
-                return self._loaded[key]
+                cached = self._loaded[key]
+                if cached.manifest != manifest:  # e.g. explanation defaults stored by a search: same weights
+                    cached = LoadedModel(manifest, cached.spec, cached.model)
+                    self._loaded[key] = cached
+                return cached
             loaded = LoadedModel(manifest, get_spec(manifest.architecture), load_published(self.registry, manifest))
             self._loaded[key] = loaded
             while len(self._loaded) > self.capacity:

@@ -1,19 +1,33 @@
-"""Explainer gRPC servicer: proto <-> internal types only; the work happens in engine / evaluate."""
+"""Explainer gRPC servicer: proto <-> internal types only; the work happens in engine / evaluate / search."""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterator
 
 import grpc
 
 from common.errors import InvalidArgument
 from common.images import decode_image
+from common.manifest import ExplanationDefaults
 from common.masks import load_mask
+from common.overlap import SetScores
+from common.paths import resolve_under_roots
 from common.settings import ExplainerSettings
 from protos.zdm.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 from services.explainer import heatmap as hm
+from services.explainer import report
+from services.explainer.annotated import AnnotatedSet, find_annotated
 from services.explainer.engine import ExplainOptions, explain_images
-from services.explainer.model_store import ExplainerModelStore
+from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
+from services.explainer.model_store import ExplainerModelStore, LoadedModel
+from services.explainer.search import Candidate, SearchOutcome, search_defaults
+
+log = logging.getLogger(__name__)
+
+#: Largest batch a dataset request may ask for (memory grows with it).
+MAX_BATCH_SIZE = 128
 
 METHOD_NAMES = {
     explainer_pb2.METHOD_UNSPECIFIED: "",
@@ -69,6 +83,54 @@ def scores_to_proto(scores) -> explainer_pb2.OverlapScores:
     )
 
 
+def aggregate_to_proto(s: SetScores, pointing: float | None = None) -> explainer_pb2.AggregateScores:
+    """Means and pooled ratios; both carry the mean predicted and mask areas."""
+    rate = s.pointing_rate if pointing is None else pointing
+    return explainer_pb2.AggregateScores(
+        images=s.count,
+        mean=explainer_pb2.OverlapScores(iou=s.mean_iou, iop=s.mean_iop, iogt=s.mean_iogt,
+                                         predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
+        pooled=explainer_pb2.OverlapScores(iou=s.pooled_iou, iop=s.pooled_iop, iogt=s.pooled_iogt,
+                                           predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
+        pointing_game=rate or 0.0,
+    )
+
+
+def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSummary:
+    """The whole-image baseline's pointing game is the chance level (a flat map's maximum is anywhere);
+    the centred disc's is the rate at which the image centre lies in the defect."""
+    b = evaluation.baselines
+    summary = explainer_pb2.DatasetSummary(
+        whole_image_baseline=aggregate_to_proto(b.whole_image, b.pointing_chance),
+        centred_disc_baseline=aggregate_to_proto(b.centred_disc, b.pointing_centre),
+        pointing_chance=b.pointing_chance,
+    )
+    for m in evaluation.models:
+        entry = summary.models.add(
+            model=common_pb2.ModelRef(name=m.name, version=m.version), method=m.resolved.method,
+            layer=m.resolved.layer, threshold=m.resolved.threshold, overall=aggregate_to_proto(m.overall),
+            beats_baselines=m.beats_baselines)
+        for label, scores in m.by_size.items():
+            entry.by_mask_size[label].CopyFrom(aggregate_to_proto(scores))
+    if evaluation.files is not None:
+        summary.csv_path = str(evaluation.files.csv_path)
+        summary.chart_paths.extend(str(p) for p in evaluation.files.chart_paths)
+        summary.table_markdown = evaluation.files.table_markdown
+    else:
+        summary.table_markdown = report.markdown_table(evaluation)
+    return summary
+
+
+def candidate_to_proto(c: Candidate) -> explainer_pb2.SearchCandidate:
+    return explainer_pb2.SearchCandidate(layer=c.layer, threshold=c.threshold, score=c.score, mean_iou=c.mean_iou,
+                                         predicted_area=c.predicted_area)
+
+
+def progress_to_proto(p: Progress) -> explainer_pb2.EvaluateProgress:
+    return explainer_pb2.EvaluateProgress(model=common_pb2.ModelRef(name=p.name, version=p.version),
+                                          done=p.done, total=p.total)
+
+
 class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
     def __init__(self, settings: ExplainerSettings, store: ExplainerModelStore) -> None:
         self.settings = settings
@@ -104,3 +166,68 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             response.mask_png = hm.mask_png(result.mask)
         response.seconds = time.perf_counter() - started
         return response
+
+    # -- datasets --------------------------------------------------------------------------------
+    def _dataset(self, images_path: str, masks_path: str, mask_format: int, limit: int) -> AnnotatedSet:
+        roots = self.settings.common.data_roots
+        for what, path in (("images_path", images_path), ("masks_path", masks_path)):
+            if not path:
+                raise InvalidArgument(f"{what} is required")
+        images = resolve_under_roots(images_path, roots)
+        masks = resolve_under_roots(masks_path, roots)
+        return find_annotated(images, masks, MASK_FORMATS.get(mask_format, "auto"), limit)
+
+    def _batch_size(self, requested: int) -> int:
+        return max(1, min(requested or self.settings.batch_size, MAX_BATCH_SIZE))
+
+    def EvaluateDataset(self, request: explainer_pb2.EvaluateDatasetRequest,
+                        context: grpc.ServicerContext) -> Iterator[explainer_pb2.EvaluateDatasetEvent]:
+        dataset = self._dataset(request.images_path, request.masks_path, request.mask_format, request.limit)
+        refs = list(request.models) or [common_pb2.ModelRef()]
+        models: list[LoadedModel] = [self.store.get(r.name, r.version, r.alias) for r in refs]
+        opts = options_from(request)
+        resolve_all(models, opts)  # bad options fail before a report folder is made
+        out_dir = report.resolve_output_dir(request.output_dir, self.settings.output_root,
+                                            self.settings.common.data_roots)
+        log.info("evaluating %d images (%d without a mask) with %s into %s", len(dataset.items),
+                 dataset.without_mask, ", ".join(f"{m.manifest.name} v{m.manifest.version}" for m in models), out_dir)
+        for event in evaluate_dataset(models, dataset, opts, batch_size=self._batch_size(request.batch_size),
+                                      out_dir=out_dir, max_image_bytes=self.settings.max_image_bytes,
+                                      max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active):
+            if isinstance(event, Progress):
+                yield explainer_pb2.EvaluateDatasetEvent(progress=progress_to_proto(event))
+            else:
+                yield explainer_pb2.EvaluateDatasetEvent(summary=summary_to_proto(event))
+
+    def SearchDefaults(self, request: explainer_pb2.SearchDefaultsRequest,
+                       context: grpc.ServicerContext) -> Iterator[explainer_pb2.SearchDefaultsEvent]:
+        dataset = self._dataset(request.images_path, request.masks_path, request.mask_format, request.limit)
+        ref = request.model
+        loaded = self.store.get(ref.name, ref.version, ref.alias)
+        events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""),
+                                 layers=list(request.layers), thresholds=list(request.thresholds),
+                                 batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
+                                 max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
+        for event in events:
+            if isinstance(event, Progress):
+                yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
+                continue
+            yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, event, request.store))
+
+    def _search_result(self, loaded: LoadedModel, outcome: SearchOutcome, store: bool) -> explainer_pb2.SearchResult:
+        """Stores the winner only when asked and when it beats the whole-image baseline (score > 0)."""
+        best = outcome.best
+        stored = False
+        name, version = loaded.manifest.name, loaded.manifest.version
+        if store and best.score > 0:
+            self.store.registry.update_explanation(name, version, ExplanationDefaults(
+                method=outcome.method, layer=best.layer, threshold=best.threshold,
+                normalization=outcome.normalization))
+            stored = True
+            log.info("stored explanation defaults of %s v%d: %s at %s, threshold %g (score %.3f)",
+                     name, version, outcome.method, best.layer, best.threshold, best.score)
+        elif store:
+            log.warning("not storing defaults of %s v%d: the best candidate (%s, %g) does not beat the whole image "
+                        "(score %.3f)", name, version, best.layer, best.threshold, best.score)
+        return explainer_pb2.SearchResult(best=candidate_to_proto(best),
+                                          candidates=[candidate_to_proto(c) for c in outcome.candidates], stored=stored)
