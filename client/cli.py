@@ -291,13 +291,16 @@ def explain(
     method: Annotated[str, typer.Option(help="gradcam | gradcam++ | eigencam | attention")] = "",
     layer: str = "",
     threshold: Annotated[float | None, typer.Option(help="Default: the model's.")] = None,
+    region: Annotated[str, typer.Option(help="all | peak (only the region around the heatmap's maximum). "
+                                             "Default: the model's.")] = "",
     out: Annotated[Path | None, typer.Option(help="Write the overlay PNG here.")] = None,
 ) -> None:
     """Heatmap, thresholded mask and (with --mask) IoU / IoP / IoGT for one image."""
     if method not in METHODS:
         raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
     request = explainer_pb2.ExplainRequest(image=image_from(file), model=model_ref(model, version),
-                                           method=METHODS[method], layer=layer, want_png=out is not None)
+                                           method=METHODS[method], layer=layer, region=region,
+                                           want_png=out is not None)
     if threshold is not None:
         request.threshold = threshold
     if mask is not None:
@@ -306,7 +309,7 @@ def explain(
     response = ExplainerClient(Endpoints.from_env().explainer).explain(request)
     console.print(f"{file}: predicted {response.predicted_class} ({response.probability:.3f}); explained "
                   f"{response.explained_class} with {explainer_pb2.Method.Name(response.method)} at {response.layer}, "
-                  f"threshold {response.threshold:.2f}")
+                  f"threshold {response.threshold:.2f}, region {response.region or 'all'}")
     if response.HasField("scores"):
         s = response.scores
         console.print(f"IoU {s.iou:.3f}  IoP {s.iop:.3f}  IoGT {s.iogt:.3f}  pointing {'hit' if s.pointing_hit else 'miss'}")

@@ -30,6 +30,7 @@ class ExplanationDefaults(BaseModel):
     layer: str = ""
     threshold: float = 0.4
     normalization: str = "max"  # "max" (the thesis) or "minmax"
+    region: str = "all"  # "all" (the thesis) or "peak" (services.explainer.regions)
 
 
 class FreezeSpec(BaseModel):

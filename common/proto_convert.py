@@ -63,7 +63,8 @@ def manifest_to_info(manifest: Manifest, aliases: list[str]) -> common_pb2.Model
         freeze=freeze_to_proto(manifest.freeze),
         metrics=[split_metrics_to_proto(split, values) for split, values in manifest.metrics.items()],
         explanation=common_pb2.ExplanationDefaults(
-            method=exp.method, layer=exp.layer, threshold=exp.threshold, normalization=exp.normalization
+            method=exp.method, layer=exp.layer, threshold=exp.threshold, normalization=exp.normalization,
+            region=exp.region,
         ),
         dataset_fingerprint=manifest.dataset_fingerprint,
         weights_source=manifest.weights_source,

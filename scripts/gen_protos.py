@@ -15,9 +15,8 @@ PROTO_DIR = ROOT / "protos" / "zdm" / "v1"
 
 def generate(out_dir: Path = ROOT) -> None:
     """Write the generated modules under out_dir/protos/zdm/v1 (out_dir = repo root by default)."""
-    from grpc_tools import protoc  # dev dependency; imported lazily so runtime never needs it
-
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency; imported lazily so runtime never needs it
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(str(p.relative_to(ROOT)) for p in PROTO_DIR.glob("*.proto"))

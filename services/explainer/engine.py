@@ -29,7 +29,7 @@ class ExplainOptions:
     normalization: str = ""  # "max" | "minmax" | "" = default
     target_class: str = ""  # "" = the predicted class
     heads: tuple[int, ...] = ()
-    region: str = "all"  # "all" | "peak" (services.explainer.regions); not in the manifest or the proto yet
+    region: str = ""  # "all" | "peak" (services.explainer.regions) | "" = the manifest default
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,10 @@ def resolve_options(loaded: LoadedModel, opts: ExplainOptions) -> Resolved:
     normalization = opts.normalization or defaults.normalization
     if normalization not in ("max", "minmax"):
         raise InvalidArgument(f"normalization must be 'max' or 'minmax', got {normalization!r}")
-    if opts.region not in REGIONS:
-        raise InvalidArgument(f"region must be one of {', '.join(REGIONS)}, got {opts.region!r}")
-    return Resolved(method, layer, float(threshold), normalization, opts.region)
+    region = opts.region or defaults.region or "all"
+    if region not in REGIONS:
+        raise InvalidArgument(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+    return Resolved(method, layer, float(threshold), normalization, region)
 
 
 def _target(loaded: LoadedModel, name: str, n: int) -> list[int] | None:

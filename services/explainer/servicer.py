@@ -22,6 +22,7 @@ from services.explainer.annotated import AnnotatedSet, find_annotated
 from services.explainer.engine import ExplainOptions, explain_images
 from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
 from services.explainer.model_store import ExplainerModelStore, LoadedModel
+from services.explainer.regions import REGIONS
 from services.explainer.search import Candidate, SearchOutcome, search_defaults
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ def options_from(request) -> ExplainOptions:
         normalization=NORMALIZATION_NAMES.get(request.normalization, ""),
         target_class=getattr(request, "target_class", ""),
         heads=tuple(request.attention.heads) if hasattr(request, "attention") else (),
+        region=request.region,  # "" = the manifest default
     )
 
 
@@ -109,7 +111,7 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
         entry = summary.models.add(
             model=common_pb2.ModelRef(name=m.name, version=m.version), method=m.resolved.method,
             layer=m.resolved.layer, threshold=m.resolved.threshold, overall=aggregate_to_proto(m.overall),
-            beats_baselines=m.beats_baselines)
+            beats_baselines=m.beats_baselines, region=m.resolved.region)
         for label, scores in m.by_size.items():
             entry.by_mask_size[label].CopyFrom(aggregate_to_proto(scores))
     if evaluation.files is not None:
@@ -121,9 +123,18 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
     return summary
 
 
-def candidate_to_proto(c: Candidate) -> explainer_pb2.SearchCandidate:
+def candidate_to_proto(c: Candidate, region: str) -> explainer_pb2.SearchCandidate:
     return explainer_pb2.SearchCandidate(layer=c.layer, threshold=c.threshold, score=c.score, mean_iou=c.mean_iou,
-                                         predicted_area=c.predicted_area)
+                                         predicted_area=c.predicted_area, region=region)
+
+
+def search_regions(requested) -> list[str]:
+    """The candidate regions in the given order, without repeats; empty = ["all"]. Checked up front."""
+    regions = list(dict.fromkeys(requested)) or ["all"]
+    bad = [r for r in regions if r not in REGIONS]
+    if bad:
+        raise InvalidArgument(f"unknown region(s) {bad}; choose from {', '.join(REGIONS)}")
+    return regions
 
 
 def progress_to_proto(p: Progress) -> explainer_pb2.EvaluateProgress:
@@ -154,6 +165,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             normalization=NORMALIZATION_ENUMS[resolved.normalization],
             method=METHOD_ENUMS[resolved.method],
             layer=resolved.layer,
+            region=resolved.region,
             predicted_class=result.predicted_class,
             probability=result.probability,
             explained_class=result.explained_class,
@@ -204,30 +216,45 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         dataset = self._dataset(request.images_path, request.masks_path, request.mask_format, request.limit)
         ref = request.model
         loaded = self.store.get(ref.name, ref.version, ref.alias)
-        events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""),
-                                 layers=list(request.layers), thresholds=list(request.thresholds),
-                                 batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
-                                 max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
-        for event in events:
-            if isinstance(event, Progress):
-                yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
-                continue
-            yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, event, request.store))
+        regions = search_regions(request.regions)
+        outcomes: list[SearchOutcome] = []
+        # One search per region (the heatmaps are recomputed for each); progress counts over all of them.
+        for i, region in enumerate(regions):
+            events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""), region=region,
+                                     layers=list(request.layers), thresholds=list(request.thresholds),
+                                     batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
+                                     max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
+            for event in events:
+                if isinstance(event, Progress):
+                    yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(Progress(
+                        event.name, event.version, i * event.total + event.done, len(regions) * event.total)))
+                else:
+                    outcomes.append(event)
+            if not context.is_active():
+                return
+        if len(outcomes) == len(regions):
+            yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, outcomes, request.store))
 
-    def _search_result(self, loaded: LoadedModel, outcome: SearchOutcome, store: bool) -> explainer_pb2.SearchResult:
-        """Stores the winner only when asked and when it beats the whole-image baseline (score > 0)."""
+    def _search_result(self, loaded: LoadedModel, outcomes: list[SearchOutcome],
+                       store: bool) -> explainer_pb2.SearchResult:
+        """The best candidate over all regions (ties: the smaller predicted area, then the earlier region).
+
+        Stores the winner only when asked and when it beats the whole-image baseline (score > 0).
+        """
+        outcome = max(outcomes, key=lambda o: (o.best.score, -o.best.predicted_area))
         best = outcome.best
         stored = False
         name, version = loaded.manifest.name, loaded.manifest.version
         if store and best.score > 0:
             self.store.registry.update_explanation(name, version, ExplanationDefaults(
                 method=outcome.method, layer=best.layer, threshold=best.threshold,
-                normalization=outcome.normalization))
+                normalization=outcome.normalization, region=outcome.region))
             stored = True
-            log.info("stored explanation defaults of %s v%d: %s at %s, threshold %g (score %.3f)",
-                     name, version, outcome.method, best.layer, best.threshold, best.score)
+            log.info("stored explanation defaults of %s v%d: %s at %s, threshold %g, region %s (score %.3f)",
+                     name, version, outcome.method, best.layer, best.threshold, outcome.region, best.score)
         elif store:
-            log.warning("not storing defaults of %s v%d: the best candidate (%s, %g) does not beat the whole image "
-                        "(score %.3f)", name, version, best.layer, best.threshold, best.score)
-        return explainer_pb2.SearchResult(best=candidate_to_proto(best),
-                                          candidates=[candidate_to_proto(c) for c in outcome.candidates], stored=stored)
+            log.warning("not storing defaults of %s v%d: the best candidate (%s, %g, %s) does not beat the whole "
+                        "image (score %.3f)", name, version, best.layer, best.threshold, outcome.region, best.score)
+        return explainer_pb2.SearchResult(
+            best=candidate_to_proto(best, outcome.region),
+            candidates=[candidate_to_proto(c, o.region) for o in outcomes for c in o.candidates], stored=stored)

@@ -321,6 +321,31 @@ def test_search_picks_the_localising_layer_and_stores_it(service, roots, crafted
     assert registry.manifest(manifest.name, manifest.version).explanation.layer == "sharp"
 
 
+def test_search_over_regions_stores_the_winning_region(service, roots, crafted_arch) -> None:
+    stub, registry = service
+    manifest = publish_crafted(registry)
+    ref = common_pb2.ModelRef(name=manifest.name)
+    crafted = roots["crafted"]
+    request = explainer_pb2.SearchDefaultsRequest(
+        model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True,
+        layers=["sharp"], thresholds=[0.5], regions=["peak", "all", "peak"])
+    progress, result = _events(stub.SearchDefaults(request))
+    assert progress[-1].done == progress[-1].total == 2 * len(SQUARES)  # one pass per distinct region
+    assert [c.region for c in result.candidates] == ["peak", "all"]
+    assert all(c.mean_iou == pytest.approx(1.0) for c in result.candidates)  # one square per image: a tie
+    assert result.best.region == "peak" and result.stored  # ties go to the earlier region
+    assert registry.manifest(manifest.name, manifest.version).explanation.region == "peak"
+    image = (crafted / "images" / "sq_3.png").read_bytes()
+    assert stub.Explain(explainer_pb2.ExplainRequest(image=common_pb2.Image(data=image), model=ref)).region == "peak"
+    summary = _events(stub.EvaluateDataset(explainer_pb2.EvaluateDatasetRequest(
+        models=[ref], images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), region="all")))[1]
+    assert summary.models[0].region == "all"
+    del request.regions[:]
+    request.regions.append("largest")
+    code, details = _code(lambda: list(stub.SearchDefaults(request)))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "peak" in details
+
+
 def test_search_objective_leaves_out_large_masks_and_searches_peak_regions(roots, crafted_arch) -> None:
     crafted = roots["crafted"]
     big = np.zeros((CRAFTED_SIZE, CRAFTED_SIZE), np.uint8)

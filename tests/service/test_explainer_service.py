@@ -104,3 +104,29 @@ def test_errors_have_the_right_status(stub, data) -> None:
         assert words in details
     # still answering after all that
     assert explainer.Explain(explainer_pb2.ExplainRequest(image=common_pb2.Image(data=image))).heatmap.width == 64
+
+
+def test_peak_region_is_the_component_of_the_maximum(stub, data) -> None:
+    explainer, registry = stub
+    publish(registry, "m", random_state(0))
+    image, _ = _defect(data)
+
+    def explain(region: str):
+        reply = explainer.Explain(explainer_pb2.ExplainRequest(image=common_pb2.Image(data=image), threshold=0.3,
+                                                               region=region))
+        return reply, np.frombuffer(reply.mask, dtype=np.uint8).reshape(64, 64).astype(bool)
+
+    everything_reply, everything = explain("")
+    peak_reply, peak = explain("peak")
+    assert (everything_reply.region, peak_reply.region) == ("all", "peak")  # empty = the manifest default ("all")
+    heat = np.frombuffer(peak_reply.heatmap.float16_data, dtype="<f2").reshape(64, 64)
+    count, labels = cv2.connectedComponents(peak.astype(np.uint8), connectivity=8)
+    assert count == 2  # background + one region
+    assert peak[np.unravel_index(int(np.argmax(heat)), heat.shape)]
+    assert peak.any() and not (peak & ~everything).any()  # a subset of "all" at the same threshold
+    # a stored default region applies when the request leaves it empty
+    manifest = registry.manifest("m", 1)
+    registry.update_explanation("m", 1, manifest.explanation.model_copy(update={"region": "peak"}))
+    assert explain("")[0].region == "peak"
+    code, details = _code(lambda: explain("largest"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "peak" in details

@@ -144,16 +144,18 @@ class Preprocessing(_message.Message):
     def __init__(self, image_size: _Optional[int] = ..., mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ..., channels: _Optional[int] = ...) -> None: ...
 
 class ExplanationDefaults(_message.Message):
-    __slots__ = ("method", "layer", "threshold", "normalization")
+    __slots__ = ("method", "layer", "threshold", "normalization", "region")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     LAYER_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     method: str
     layer: str
     threshold: float
     normalization: str
-    def __init__(self, method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[str] = ...) -> None: ...
+    region: str
+    def __init__(self, method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "aliases", "architecture", "classes", "defect_class", "preprocessing", "freeze", "metrics", "explanation", "dataset_fingerprint", "weights_source", "trainable_params", "total_params", "job_id", "created_at", "manifest_json")

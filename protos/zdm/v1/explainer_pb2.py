@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.zdm.v1 import common_pb2 as protos_dot_zdm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/zdm/v1/explainer.proto\x12\x06zdm.v1\x1a\x1aprotos/zdm/v1/common.proto\"!\n\x10\x41ttentionOptions\x12\r\n\x05heads\x18\x01 \x03(\r\"\xc3\x02\n\x0e\x45xplainRequest\x12\x1c\n\x05image\x18\x01 \x01(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12,\n\rnormalization\x18\x06 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\x14\n\x0ctarget_class\x18\x07 \x01(\t\x12\x1a\n\x04mask\x18\x08 \x01(\x0b\x32\x0c.zdm.v1.Mask\x12\x10\n\x08want_png\x18\t \x01(\x08\x12+\n\tattention\x18\n \x01(\x0b\x32\x18.zdm.v1.AttentionOptionsB\x0c\n\n_threshold\"x\n\rOverlapScores\x12\x0b\n\x03iou\x18\x01 \x01(\x01\x12\x0b\n\x03iop\x18\x02 \x01(\x01\x12\x0c\n\x04iogt\x18\x03 \x01(\x01\x12\x14\n\x0cpointing_hit\x18\x04 \x01(\x08\x12\x16\n\x0epredicted_area\x18\x05 \x01(\x01\x12\x11\n\tmask_area\x18\x06 \x01(\x01\">\n\x07Heatmap\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x14\n\x0c\x66loat16_data\x18\x03 \x01(\x0c\"\xf8\x02\n\x0f\x45xplainResponse\x12 \n\x07heatmap\x18\x01 \x01(\x0b\x32\x0f.zdm.v1.Heatmap\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12,\n\rnormalization\x18\x04 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x17\n\x0fpredicted_class\x18\x07 \x01(\t\x12\x13\n\x0bprobability\x18\x08 \x01(\x02\x12\x17\n\x0f\x65xplained_class\x18\t \x01(\t\x12%\n\x06scores\x18\n \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12\x13\n\x0boverlay_png\x18\x0b \x01(\x0c\x12\x10\n\x08mask_png\x18\x0c \x01(\x0c\x12\x1f\n\x05model\x18\r \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07seconds\x18\x0e \x01(\x01\"\xc6\x02\n\x16\x45valuateDatasetRequest\x12\x13\n\x0bimages_path\x18\x01 \x01(\t\x12\x12\n\nmasks_path\x18\x02 \x01(\t\x12\'\n\x0bmask_format\x18\x03 \x01(\x0e\x32\x12.zdm.v1.MaskFormat\x12 \n\x06models\x18\x04 \x03(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x16\n\tthreshold\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12,\n\rnormalization\x18\x08 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\r\n\x05limit\x18\t \x01(\r\x12\x12\n\noutput_dir\x18\n \x01(\t\x12\x12\n\nbatch_size\x18\x0b \x01(\rB\x0c\n\n_threshold\"P\n\x10\x45valuateProgress\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"\x84\x01\n\x0f\x41ggregateScores\x12\x0e\n\x06images\x18\x01 \x01(\r\x12#\n\x04mean\x18\x02 \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12%\n\x06pooled\x18\x03 \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12\x15\n\rpointing_game\x18\x04 \x01(\x01\"\xb2\x02\n\x0fModelEvaluation\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12(\n\x07overall\x18\x05 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12=\n\x0c\x62y_mask_size\x18\x06 \x03(\x0b\x32\'.zdm.v1.ModelEvaluation.ByMaskSizeEntry\x12\x17\n\x0f\x62\x65\x61ts_baselines\x18\x07 \x01(\x08\x1aJ\n\x0f\x42yMaskSizeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.zdm.v1.AggregateScores:\x02\x38\x01\"\x80\x02\n\x0e\x44\x61tasetSummary\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.zdm.v1.ModelEvaluation\x12\x35\n\x14whole_image_baseline\x18\x02 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12\x36\n\x15\x63\x65ntred_disc_baseline\x18\x03 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12\x17\n\x0fpointing_chance\x18\x04 \x01(\x01\x12\x10\n\x08\x63sv_path\x18\x05 \x01(\t\x12\x13\n\x0b\x63hart_paths\x18\x06 \x03(\t\x12\x16\n\x0etable_markdown\x18\x07 \x01(\t\"x\n\x14\x45valuateDatasetEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.zdm.v1.EvaluateProgressH\x00\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x16.zdm.v1.DatasetSummaryH\x00\x42\x07\n\x05\x65vent\"\xec\x01\n\x15SearchDefaultsRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x13\n\x0bimages_path\x18\x02 \x01(\t\x12\x12\n\nmasks_path\x18\x03 \x01(\t\x12\'\n\x0bmask_format\x18\x04 \x01(\x0e\x32\x12.zdm.v1.MaskFormat\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\x0e\n\x06layers\x18\x06 \x03(\t\x12\x12\n\nthresholds\x18\x07 \x03(\x02\x12\r\n\x05limit\x18\x08 \x01(\r\x12\r\n\x05store\x18\t \x01(\x08\"l\n\x0fSearchCandidate\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08mean_iou\x18\x04 \x01(\x01\x12\x16\n\x0epredicted_area\x18\x05 \x01(\x01\"r\n\x0cSearchResult\x12%\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x17.zdm.v1.SearchCandidate\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.zdm.v1.SearchCandidate\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"t\n\x13SearchDefaultsEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.zdm.v1.EvaluateProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.zdm.v1.SearchResultH\x00\x42\x07\n\x05\x65vent*}\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_GRADCAM\x10\x01\x12\x1c\n\x18METHOD_GRADCAM_PLUS_PLUS\x10\x02\x12\x13\n\x0fMETHOD_EIGENCAM\x10\x03\x12\x14\n\x10METHOD_ATTENTION\x10\x04*_\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11NORMALIZATION_MAX\x10\x01\x12\x18\n\x14NORMALIZATION_MINMAX\x10\x02\x32\xea\x01\n\tExplainer\x12:\n\x07\x45xplain\x12\x16.zdm.v1.ExplainRequest\x1a\x17.zdm.v1.ExplainResponse\x12Q\n\x0f\x45valuateDataset\x12\x1e.zdm.v1.EvaluateDatasetRequest\x1a\x1c.zdm.v1.EvaluateDatasetEvent0\x01\x12N\n\x0eSearchDefaults\x12\x1d.zdm.v1.SearchDefaultsRequest\x1a\x1b.zdm.v1.SearchDefaultsEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotos/zdm/v1/explainer.proto\x12\x06zdm.v1\x1a\x1aprotos/zdm/v1/common.proto\"!\n\x10\x41ttentionOptions\x12\r\n\x05heads\x18\x01 \x03(\r\"\xd3\x02\n\x0e\x45xplainRequest\x12\x1c\n\x05image\x18\x01 \x01(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06method\x18\x03 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x04 \x01(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x12,\n\rnormalization\x18\x06 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\x14\n\x0ctarget_class\x18\x07 \x01(\t\x12\x1a\n\x04mask\x18\x08 \x01(\x0b\x32\x0c.zdm.v1.Mask\x12\x10\n\x08want_png\x18\t \x01(\x08\x12+\n\tattention\x18\n \x01(\x0b\x32\x18.zdm.v1.AttentionOptions\x12\x0e\n\x06region\x18\x0b \x01(\tB\x0c\n\n_threshold\"x\n\rOverlapScores\x12\x0b\n\x03iou\x18\x01 \x01(\x01\x12\x0b\n\x03iop\x18\x02 \x01(\x01\x12\x0c\n\x04iogt\x18\x03 \x01(\x01\x12\x14\n\x0cpointing_hit\x18\x04 \x01(\x08\x12\x16\n\x0epredicted_area\x18\x05 \x01(\x01\x12\x11\n\tmask_area\x18\x06 \x01(\x01\">\n\x07Heatmap\x12\r\n\x05width\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\x14\n\x0c\x66loat16_data\x18\x03 \x01(\x0c\"\x88\x03\n\x0f\x45xplainResponse\x12 \n\x07heatmap\x18\x01 \x01(\x0b\x32\x0f.zdm.v1.Heatmap\x12\x0c\n\x04mask\x18\x02 \x01(\x0c\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12,\n\rnormalization\x18\x04 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x17\n\x0fpredicted_class\x18\x07 \x01(\t\x12\x13\n\x0bprobability\x18\x08 \x01(\x02\x12\x17\n\x0f\x65xplained_class\x18\t \x01(\t\x12%\n\x06scores\x18\n \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12\x13\n\x0boverlay_png\x18\x0b \x01(\x0c\x12\x10\n\x08mask_png\x18\x0c \x01(\x0c\x12\x1f\n\x05model\x18\r \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07seconds\x18\x0e \x01(\x01\x12\x0e\n\x06region\x18\x0f \x01(\t\"\xd6\x02\n\x16\x45valuateDatasetRequest\x12\x13\n\x0bimages_path\x18\x01 \x01(\t\x12\x12\n\nmasks_path\x18\x02 \x01(\t\x12\'\n\x0bmask_format\x18\x03 \x01(\x0e\x32\x12.zdm.v1.MaskFormat\x12 \n\x06models\x18\x04 \x03(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\r\n\x05layer\x18\x06 \x01(\t\x12\x16\n\tthreshold\x18\x07 \x01(\x02H\x00\x88\x01\x01\x12,\n\rnormalization\x18\x08 \x01(\x0e\x32\x15.zdm.v1.Normalization\x12\r\n\x05limit\x18\t \x01(\r\x12\x12\n\noutput_dir\x18\n \x01(\t\x12\x12\n\nbatch_size\x18\x0b \x01(\r\x12\x0e\n\x06region\x18\x0c \x01(\tB\x0c\n\n_threshold\"P\n\x10\x45valuateProgress\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0c\n\x04\x64one\x18\x02 \x01(\r\x12\r\n\x05total\x18\x03 \x01(\r\"\x84\x01\n\x0f\x41ggregateScores\x12\x0e\n\x06images\x18\x01 \x01(\r\x12#\n\x04mean\x18\x02 \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12%\n\x06pooled\x18\x03 \x01(\x0b\x32\x15.zdm.v1.OverlapScores\x12\x15\n\rpointing_game\x18\x04 \x01(\x01\"\xc2\x02\n\x0fModelEvaluation\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\r\n\x05layer\x18\x03 \x01(\t\x12\x11\n\tthreshold\x18\x04 \x01(\x02\x12(\n\x07overall\x18\x05 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12=\n\x0c\x62y_mask_size\x18\x06 \x03(\x0b\x32\'.zdm.v1.ModelEvaluation.ByMaskSizeEntry\x12\x17\n\x0f\x62\x65\x61ts_baselines\x18\x07 \x01(\x08\x12\x0e\n\x06region\x18\x08 \x01(\t\x1aJ\n\x0f\x42yMaskSizeEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x05value\x18\x02 \x01(\x0b\x32\x17.zdm.v1.AggregateScores:\x02\x38\x01\"\x80\x02\n\x0e\x44\x61tasetSummary\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.zdm.v1.ModelEvaluation\x12\x35\n\x14whole_image_baseline\x18\x02 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12\x36\n\x15\x63\x65ntred_disc_baseline\x18\x03 \x01(\x0b\x32\x17.zdm.v1.AggregateScores\x12\x17\n\x0fpointing_chance\x18\x04 \x01(\x01\x12\x10\n\x08\x63sv_path\x18\x05 \x01(\t\x12\x13\n\x0b\x63hart_paths\x18\x06 \x03(\t\x12\x16\n\x0etable_markdown\x18\x07 \x01(\t\"x\n\x14\x45valuateDatasetEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.zdm.v1.EvaluateProgressH\x00\x12)\n\x07summary\x18\x02 \x01(\x0b\x32\x16.zdm.v1.DatasetSummaryH\x00\x42\x07\n\x05\x65vent\"\xfd\x01\n\x15SearchDefaultsRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x13\n\x0bimages_path\x18\x02 \x01(\t\x12\x12\n\nmasks_path\x18\x03 \x01(\t\x12\'\n\x0bmask_format\x18\x04 \x01(\x0e\x32\x12.zdm.v1.MaskFormat\x12\x1e\n\x06method\x18\x05 \x01(\x0e\x32\x0e.zdm.v1.Method\x12\x0e\n\x06layers\x18\x06 \x03(\t\x12\x12\n\nthresholds\x18\x07 \x03(\x02\x12\r\n\x05limit\x18\x08 \x01(\r\x12\r\n\x05store\x18\t \x01(\x08\x12\x0f\n\x07regions\x18\n \x03(\t\"|\n\x0fSearchCandidate\x12\r\n\x05layer\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x10\n\x08mean_iou\x18\x04 \x01(\x01\x12\x16\n\x0epredicted_area\x18\x05 \x01(\x01\x12\x0e\n\x06region\x18\x06 \x01(\t\"r\n\x0cSearchResult\x12%\n\x04\x62\x65st\x18\x01 \x01(\x0b\x32\x17.zdm.v1.SearchCandidate\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.zdm.v1.SearchCandidate\x12\x0e\n\x06stored\x18\x03 \x01(\x08\"t\n\x13SearchDefaultsEvent\x12,\n\x08progress\x18\x01 \x01(\x0b\x32\x18.zdm.v1.EvaluateProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.zdm.v1.SearchResultH\x00\x42\x07\n\x05\x65vent*}\n\x06Method\x12\x16\n\x12METHOD_UNSPECIFIED\x10\x00\x12\x12\n\x0eMETHOD_GRADCAM\x10\x01\x12\x1c\n\x18METHOD_GRADCAM_PLUS_PLUS\x10\x02\x12\x13\n\x0fMETHOD_EIGENCAM\x10\x03\x12\x14\n\x10METHOD_ATTENTION\x10\x04*_\n\rNormalization\x12\x1d\n\x19NORMALIZATION_UNSPECIFIED\x10\x00\x12\x15\n\x11NORMALIZATION_MAX\x10\x01\x12\x18\n\x14NORMALIZATION_MINMAX\x10\x02\x32\xea\x01\n\tExplainer\x12:\n\x07\x45xplain\x12\x16.zdm.v1.ExplainRequest\x1a\x17.zdm.v1.ExplainResponse\x12Q\n\x0f\x45valuateDataset\x12\x1e.zdm.v1.EvaluateDatasetRequest\x1a\x1c.zdm.v1.EvaluateDatasetEvent0\x01\x12N\n\x0eSearchDefaults\x12\x1d.zdm.v1.SearchDefaultsRequest\x1a\x1b.zdm.v1.SearchDefaultsEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,42 +34,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._loaded_options = None
   _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._serialized_options = b'8\001'
-  _globals['_METHOD']._serialized_start=2814
-  _globals['_METHOD']._serialized_end=2939
-  _globals['_NORMALIZATION']._serialized_start=2941
-  _globals['_NORMALIZATION']._serialized_end=3036
+  _globals['_METHOD']._serialized_start=2911
+  _globals['_METHOD']._serialized_end=3036
+  _globals['_NORMALIZATION']._serialized_start=3038
+  _globals['_NORMALIZATION']._serialized_end=3133
   _globals['_ATTENTIONOPTIONS']._serialized_start=69
   _globals['_ATTENTIONOPTIONS']._serialized_end=102
   _globals['_EXPLAINREQUEST']._serialized_start=105
-  _globals['_EXPLAINREQUEST']._serialized_end=428
-  _globals['_OVERLAPSCORES']._serialized_start=430
-  _globals['_OVERLAPSCORES']._serialized_end=550
-  _globals['_HEATMAP']._serialized_start=552
-  _globals['_HEATMAP']._serialized_end=614
-  _globals['_EXPLAINRESPONSE']._serialized_start=617
-  _globals['_EXPLAINRESPONSE']._serialized_end=993
-  _globals['_EVALUATEDATASETREQUEST']._serialized_start=996
-  _globals['_EVALUATEDATASETREQUEST']._serialized_end=1322
-  _globals['_EVALUATEPROGRESS']._serialized_start=1324
-  _globals['_EVALUATEPROGRESS']._serialized_end=1404
-  _globals['_AGGREGATESCORES']._serialized_start=1407
-  _globals['_AGGREGATESCORES']._serialized_end=1539
-  _globals['_MODELEVALUATION']._serialized_start=1542
-  _globals['_MODELEVALUATION']._serialized_end=1848
-  _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._serialized_start=1774
-  _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._serialized_end=1848
-  _globals['_DATASETSUMMARY']._serialized_start=1851
-  _globals['_DATASETSUMMARY']._serialized_end=2107
-  _globals['_EVALUATEDATASETEVENT']._serialized_start=2109
-  _globals['_EVALUATEDATASETEVENT']._serialized_end=2229
-  _globals['_SEARCHDEFAULTSREQUEST']._serialized_start=2232
-  _globals['_SEARCHDEFAULTSREQUEST']._serialized_end=2468
-  _globals['_SEARCHCANDIDATE']._serialized_start=2470
-  _globals['_SEARCHCANDIDATE']._serialized_end=2578
-  _globals['_SEARCHRESULT']._serialized_start=2580
-  _globals['_SEARCHRESULT']._serialized_end=2694
-  _globals['_SEARCHDEFAULTSEVENT']._serialized_start=2696
-  _globals['_SEARCHDEFAULTSEVENT']._serialized_end=2812
-  _globals['_EXPLAINER']._serialized_start=3039
-  _globals['_EXPLAINER']._serialized_end=3273
+  _globals['_EXPLAINREQUEST']._serialized_end=444
+  _globals['_OVERLAPSCORES']._serialized_start=446
+  _globals['_OVERLAPSCORES']._serialized_end=566
+  _globals['_HEATMAP']._serialized_start=568
+  _globals['_HEATMAP']._serialized_end=630
+  _globals['_EXPLAINRESPONSE']._serialized_start=633
+  _globals['_EXPLAINRESPONSE']._serialized_end=1025
+  _globals['_EVALUATEDATASETREQUEST']._serialized_start=1028
+  _globals['_EVALUATEDATASETREQUEST']._serialized_end=1370
+  _globals['_EVALUATEPROGRESS']._serialized_start=1372
+  _globals['_EVALUATEPROGRESS']._serialized_end=1452
+  _globals['_AGGREGATESCORES']._serialized_start=1455
+  _globals['_AGGREGATESCORES']._serialized_end=1587
+  _globals['_MODELEVALUATION']._serialized_start=1590
+  _globals['_MODELEVALUATION']._serialized_end=1912
+  _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._serialized_start=1838
+  _globals['_MODELEVALUATION_BYMASKSIZEENTRY']._serialized_end=1912
+  _globals['_DATASETSUMMARY']._serialized_start=1915
+  _globals['_DATASETSUMMARY']._serialized_end=2171
+  _globals['_EVALUATEDATASETEVENT']._serialized_start=2173
+  _globals['_EVALUATEDATASETEVENT']._serialized_end=2293
+  _globals['_SEARCHDEFAULTSREQUEST']._serialized_start=2296
+  _globals['_SEARCHDEFAULTSREQUEST']._serialized_end=2549
+  _globals['_SEARCHCANDIDATE']._serialized_start=2551
+  _globals['_SEARCHCANDIDATE']._serialized_end=2675
+  _globals['_SEARCHRESULT']._serialized_start=2677
+  _globals['_SEARCHRESULT']._serialized_end=2791
+  _globals['_SEARCHDEFAULTSEVENT']._serialized_start=2793
+  _globals['_SEARCHDEFAULTSEVENT']._serialized_end=2909
+  _globals['_EXPLAINER']._serialized_start=3136
+  _globals['_EXPLAINER']._serialized_end=3370
 # @@protoc_insertion_point(module_scope)

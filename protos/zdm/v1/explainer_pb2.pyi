@@ -37,7 +37,7 @@ class AttentionOptions(_message.Message):
     def __init__(self, heads: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("image", "model", "method", "layer", "threshold", "normalization", "target_class", "mask", "want_png", "attention")
+    __slots__ = ("image", "model", "method", "layer", "threshold", "normalization", "target_class", "mask", "want_png", "attention", "region")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class ExplainRequest(_message.Message):
     MASK_FIELD_NUMBER: _ClassVar[int]
     WANT_PNG_FIELD_NUMBER: _ClassVar[int]
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     model: _common_pb2.ModelRef
     method: Method
@@ -58,7 +59,8 @@ class ExplainRequest(_message.Message):
     mask: _common_pb2.Mask
     want_png: bool
     attention: AttentionOptions
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., target_class: _Optional[str] = ..., mask: _Optional[_Union[_common_pb2.Mask, _Mapping]] = ..., want_png: _Optional[bool] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ...) -> None: ...
+    region: str
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., target_class: _Optional[str] = ..., mask: _Optional[_Union[_common_pb2.Mask, _Mapping]] = ..., want_png: _Optional[bool] = ..., attention: _Optional[_Union[AttentionOptions, _Mapping]] = ..., region: _Optional[str] = ...) -> None: ...
 
 class OverlapScores(_message.Message):
     __slots__ = ("iou", "iop", "iogt", "pointing_hit", "predicted_area", "mask_area")
@@ -87,7 +89,7 @@ class Heatmap(_message.Message):
     def __init__(self, width: _Optional[int] = ..., height: _Optional[int] = ..., float16_data: _Optional[bytes] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("heatmap", "mask", "threshold", "normalization", "method", "layer", "predicted_class", "probability", "explained_class", "scores", "overlay_png", "mask_png", "model", "seconds")
+    __slots__ = ("heatmap", "mask", "threshold", "normalization", "method", "layer", "predicted_class", "probability", "explained_class", "scores", "overlay_png", "mask_png", "model", "seconds", "region")
     HEATMAP_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +104,7 @@ class ExplainResponse(_message.Message):
     MASK_PNG_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     heatmap: Heatmap
     mask: bytes
     threshold: float
@@ -116,10 +119,11 @@ class ExplainResponse(_message.Message):
     mask_png: bytes
     model: _common_pb2.ModelRef
     seconds: float
-    def __init__(self, heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., mask: _Optional[bytes] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., predicted_class: _Optional[str] = ..., probability: _Optional[float] = ..., explained_class: _Optional[str] = ..., scores: _Optional[_Union[OverlapScores, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., mask_png: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., seconds: _Optional[float] = ...) -> None: ...
+    region: str
+    def __init__(self, heatmap: _Optional[_Union[Heatmap, _Mapping]] = ..., mask: _Optional[bytes] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., predicted_class: _Optional[str] = ..., probability: _Optional[float] = ..., explained_class: _Optional[str] = ..., scores: _Optional[_Union[OverlapScores, _Mapping]] = ..., overlay_png: _Optional[bytes] = ..., mask_png: _Optional[bytes] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., seconds: _Optional[float] = ..., region: _Optional[str] = ...) -> None: ...
 
 class EvaluateDatasetRequest(_message.Message):
-    __slots__ = ("images_path", "masks_path", "mask_format", "models", "method", "layer", "threshold", "normalization", "limit", "output_dir", "batch_size")
+    __slots__ = ("images_path", "masks_path", "mask_format", "models", "method", "layer", "threshold", "normalization", "limit", "output_dir", "batch_size", "region")
     IMAGES_PATH_FIELD_NUMBER: _ClassVar[int]
     MASKS_PATH_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +135,7 @@ class EvaluateDatasetRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     images_path: str
     masks_path: str
     mask_format: _common_pb2.MaskFormat
@@ -142,7 +147,8 @@ class EvaluateDatasetRequest(_message.Message):
     limit: int
     output_dir: str
     batch_size: int
-    def __init__(self, images_path: _Optional[str] = ..., masks_path: _Optional[str] = ..., mask_format: _Optional[_Union[_common_pb2.MaskFormat, str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., limit: _Optional[int] = ..., output_dir: _Optional[str] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    region: str
+    def __init__(self, images_path: _Optional[str] = ..., masks_path: _Optional[str] = ..., mask_format: _Optional[_Union[_common_pb2.MaskFormat, str]] = ..., models: _Optional[_Iterable[_Union[_common_pb2.ModelRef, _Mapping]]] = ..., method: _Optional[_Union[Method, str]] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[_Union[Normalization, str]] = ..., limit: _Optional[int] = ..., output_dir: _Optional[str] = ..., batch_size: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
 class EvaluateProgress(_message.Message):
     __slots__ = ("model", "done", "total")
@@ -167,7 +173,7 @@ class AggregateScores(_message.Message):
     def __init__(self, images: _Optional[int] = ..., mean: _Optional[_Union[OverlapScores, _Mapping]] = ..., pooled: _Optional[_Union[OverlapScores, _Mapping]] = ..., pointing_game: _Optional[float] = ...) -> None: ...
 
 class ModelEvaluation(_message.Message):
-    __slots__ = ("model", "method", "layer", "threshold", "overall", "by_mask_size", "beats_baselines")
+    __slots__ = ("model", "method", "layer", "threshold", "overall", "by_mask_size", "beats_baselines", "region")
     class ByMaskSizeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +188,7 @@ class ModelEvaluation(_message.Message):
     OVERALL_FIELD_NUMBER: _ClassVar[int]
     BY_MASK_SIZE_FIELD_NUMBER: _ClassVar[int]
     BEATS_BASELINES_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     method: str
     layer: str
@@ -189,7 +196,8 @@ class ModelEvaluation(_message.Message):
     overall: AggregateScores
     by_mask_size: _containers.MessageMap[str, AggregateScores]
     beats_baselines: bool
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., overall: _Optional[_Union[AggregateScores, _Mapping]] = ..., by_mask_size: _Optional[_Mapping[str, AggregateScores]] = ..., beats_baselines: _Optional[bool] = ...) -> None: ...
+    region: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., overall: _Optional[_Union[AggregateScores, _Mapping]] = ..., by_mask_size: _Optional[_Mapping[str, AggregateScores]] = ..., beats_baselines: _Optional[bool] = ..., region: _Optional[str] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
     __slots__ = ("models", "whole_image_baseline", "centred_disc_baseline", "pointing_chance", "csv_path", "chart_paths", "table_markdown")
@@ -218,7 +226,7 @@ class EvaluateDatasetEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[EvaluateProgress, _Mapping]] = ..., summary: _Optional[_Union[DatasetSummary, _Mapping]] = ...) -> None: ...
 
 class SearchDefaultsRequest(_message.Message):
-    __slots__ = ("model", "images_path", "masks_path", "mask_format", "method", "layers", "thresholds", "limit", "store")
+    __slots__ = ("model", "images_path", "masks_path", "mask_format", "method", "layers", "thresholds", "limit", "store", "regions")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     IMAGES_PATH_FIELD_NUMBER: _ClassVar[int]
     MASKS_PATH_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +236,7 @@ class SearchDefaultsRequest(_message.Message):
     THRESHOLDS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
+    REGIONS_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     images_path: str
     masks_path: str
@@ -237,21 +246,24 @@ class SearchDefaultsRequest(_message.Message):
     thresholds: _containers.RepeatedScalarFieldContainer[float]
     limit: int
     store: bool
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images_path: _Optional[str] = ..., masks_path: _Optional[str] = ..., mask_format: _Optional[_Union[_common_pb2.MaskFormat, str]] = ..., method: _Optional[_Union[Method, str]] = ..., layers: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., store: _Optional[bool] = ...) -> None: ...
+    regions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., images_path: _Optional[str] = ..., masks_path: _Optional[str] = ..., mask_format: _Optional[_Union[_common_pb2.MaskFormat, str]] = ..., method: _Optional[_Union[Method, str]] = ..., layers: _Optional[_Iterable[str]] = ..., thresholds: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., store: _Optional[bool] = ..., regions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchCandidate(_message.Message):
-    __slots__ = ("layer", "threshold", "score", "mean_iou", "predicted_area")
+    __slots__ = ("layer", "threshold", "score", "mean_iou", "predicted_area", "region")
     LAYER_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     MEAN_IOU_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_AREA_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     layer: str
     threshold: float
     score: float
     mean_iou: float
     predicted_area: float
-    def __init__(self, layer: _Optional[str] = ..., threshold: _Optional[float] = ..., score: _Optional[float] = ..., mean_iou: _Optional[float] = ..., predicted_area: _Optional[float] = ...) -> None: ...
+    region: str
+    def __init__(self, layer: _Optional[str] = ..., threshold: _Optional[float] = ..., score: _Optional[float] = ..., mean_iou: _Optional[float] = ..., predicted_area: _Optional[float] = ..., region: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("best", "candidates", "stored")

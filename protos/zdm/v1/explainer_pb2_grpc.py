@@ -55,8 +55,8 @@ class ExplainerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Explain(self, request, context):
-        """One image. INVALID_ARGUMENT for a bad image or mask, an unknown layer (the message lists valid
-        ones) or a method the architecture lacks.
+        """One image. INVALID_ARGUMENT for a bad image or mask, an unknown layer or region (the message lists
+        valid ones) or a method the architecture lacks.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -70,7 +70,7 @@ class ExplainerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SearchDefaults(self, request, context):
-        """Layer × threshold search on an annotated validation set.
+        """Layer × threshold (× region) search on an annotated validation set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
