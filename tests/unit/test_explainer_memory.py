@@ -4,12 +4,19 @@ Leaks the explainer is prone to (grad-cam's leak reports): hooks that are never 
 its activations alive), activations or graphs held by per-call state, gradients accumulating on
 parameters. Any of them grows the RSS by at least a feature map per call, i.e. megabytes over 800
 calls of this loop.
+
+The loop runs in a fresh interpreter: the RSS then measures the explainer alone, not whatever earlier
+tests left in the pytest process (thread pools, forkservers, allocator state).
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -50,17 +57,9 @@ def _loaded() -> LoadedModel:
     return LoadedModel(manifest, get_spec("test_resnet"), model)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny ops: thread hand-offs would dominate (and swing wildly on a shared machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux) for RSS")
-def test_rss_flat_over_1000_explanations(one_thread) -> None:
+def measure() -> dict:
+    """The loop itself: RSS samples after warm-up, and whether hooks or gradients were left behind."""
+    torch.set_num_threads(1)  # tiny ops: thread hand-offs would dominate on a shared machine
     loaded = _loaded()
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(8)]
@@ -75,7 +74,25 @@ def test_rss_flat_over_1000_explanations(one_thread) -> None:
         if i + 1 >= WARM_UP and (i + 1) % 100 == 0:
             gc.collect()
             samples.append(rss_bytes())
+    return {
+        "samples": samples,
+        "hooks_left": any(m._forward_hooks or m._backward_hooks for m in loaded.model.modules()),
+        "grads_left": any(p.grad is not None for p in loaded.model.parameters()),
+    }
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux) for RSS")
+def test_rss_flat_over_1000_explanations() -> None:
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, __file__], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    samples = result["samples"]
     growth = max(samples) - samples[0]
     assert growth < BOUND_BYTES, f"RSS grew by {growth / 2**20:.1f} MiB after warm-up: {samples}"
-    assert all(not m._forward_hooks and not m._backward_hooks for m in loaded.model.modules())
-    assert all(p.grad is None for p in loaded.model.parameters())
+    assert not result["hooks_left"] and not result["grads_left"]
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure()))
