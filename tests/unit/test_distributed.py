@@ -31,6 +31,11 @@ PER_RANK_BATCH = 6
 EPOCHS = 6
 REPO = Path(__file__).resolve().parents[2]
 
+# These tests start a fork server and rank processes from the test process; run them in an
+# interpreter of their own (test_distributed_isolated.py) so nothing they leave behind meets other tests.
+pytestmark = pytest.mark.skipif(os.environ.get("ZDM_ISOLATED_DISTRIBUTED") != "1",
+                                reason="runs in its own interpreter through test_distributed_isolated.py")
+
 
 @pytest.fixture(autouse=True)
 def _one_thread():
