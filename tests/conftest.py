@@ -8,6 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Tests fork (data loader workers, subprocesses) while gRPC threads run; gRPC's fork handlers then race
+# those threads and can crash the test process. The services never fork after starting gRPC.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
@@ -66,3 +69,18 @@ def registry_root(tmp_path: Path) -> Path:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _embedded is not None:
         _embedded.stop()
+
+
+@pytest.fixture(autouse=True)
+def _default_sigchld():
+    """Put SIGCHLD back to its default after each test.
+
+    torch's DataLoader installs a Python SIGCHLD handler in the process that runs workers. Left in place,
+    every later child exit (subprocess tests, rank processes) delivers a signal to the test process, and
+    on this kernel/CPU combination that delivery was seen to crash the process (SIGSEGV, SI_KERNEL) once
+    enough native libraries were loaded.
+    """
+    import signal
+
+    yield
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
