@@ -64,16 +64,22 @@ def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")
     stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports,
                   log=lambda line: console.print(line, markup=False, highlight=False))
     stopping = threading.Event()
+    # Ctrl-C reaches the services too (same process group): they may exit before we notice the signal,
+    # so a child that ended while stopping is expected, not a failure.
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stack.start()
     for service in SERVICES:
         console.print(f"[green]{service}[/green] on 127.0.0.1:{stack.ports[service]}")
     console.print("Ctrl-C stops the stack.")
     try:
         while not stopping.wait(0.5):
-            stack.check_alive()
-    except KeyboardInterrupt:
-        pass
+            try:
+                stack.check_alive()
+            except RuntimeError:
+                if stopping.wait(1.0):
+                    break
+                raise
     finally:
         console.print("stopping…")
         stack.stop()
