@@ -118,3 +118,21 @@ def load_sample(item: AnnotatedImage, mask_format: str, *, max_bytes: int, max_p
 def batches(items: Sequence[AnnotatedImage], size: int) -> Iterator[list[AnnotatedImage]]:
     for start in range(0, len(items), max(1, size)):
         yield list(items[start:start + max(1, size)])
+
+
+@dataclass(frozen=True)
+class SampleBatch:
+    samples: list[LoadedSample]  # decoded images with a non-empty mask
+    done: int  # images taken from the set so far, this batch included
+    empty: int  # images skipped so far because their mask marks no defect
+
+
+def sample_batches(dataset: AnnotatedSet, size: int, *, max_bytes: int, max_pixels: int) -> Iterator[SampleBatch]:
+    """Decode the set batch by batch, counting what was taken and what was skipped."""
+    done = empty = 0
+    for batch in batches(dataset.items, size):
+        loaded = [load_sample(item, dataset.mask_format, max_bytes=max_bytes, max_pixels=max_pixels) for item in batch]
+        samples = [s for s in loaded if s is not None]
+        empty += len(loaded) - len(samples)
+        done += len(batch)
+        yield SampleBatch(samples, done, empty)

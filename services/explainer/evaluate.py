@@ -23,7 +23,7 @@ import numpy as np
 from common.errors import InvalidArgument
 from common.overlap import OverlapAccumulator, OverlapScores, SetScores, aggregate
 from services.explainer import report
-from services.explainer.annotated import AnnotatedSet, batches, load_sample
+from services.explainer.annotated import AnnotatedSet, sample_batches
 from services.explainer.cam import resolve_layer
 from services.explainer.engine import ExplainOptions, Resolved, explain_images, resolve_options
 from services.explainer.model_store import LoadedModel
@@ -187,16 +187,12 @@ def evaluate_dataset(
     models_tally = [_ModelTally() for _ in models]
     baseline_tally = _BaselineTally()
     total = len(dataset.items)
-    done = empty = 0
+    empty = 0
     with report.PerImageCsv(out_dir / report.CSV_NAME if out_dir is not None else None) as csv:
-        for batch in batches(dataset.items, batch_size):
+        for batch in sample_batches(dataset, batch_size, max_bytes=max_image_bytes, max_pixels=max_image_pixels):
             if not is_active():
                 return
-            loaded = [load_sample(item, dataset.mask_format, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
-                      for item in batch]
-            samples = [s for s in loaded if s is not None]
-            empty += len(loaded) - len(samples)
-            done += len(batch)
+            samples, done, empty = batch.samples, batch.done, batch.empty
             for sample in samples:
                 baseline_tally.add(sample.mask)
             for model, model_opts, res, tally in zip(models, options, resolved, models_tally, strict=True):

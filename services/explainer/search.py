@@ -24,7 +24,7 @@ import numpy as np
 
 from common.errors import InvalidArgument
 from common.overlap import overlap, pointing_hit
-from services.explainer.annotated import AnnotatedSet, batches, load_sample
+from services.explainer.annotated import AnnotatedSet, sample_batches
 from services.explainer.cam import resolve_layer
 from services.explainer.engine import ExplainOptions, Resolved, compute_heatmaps, resolve_options
 from services.explainer.evaluate import Progress
@@ -150,16 +150,12 @@ def search_defaults(
     opts = ExplainOptions(method=base.method, normalization=base.normalization, region=base.region)
     sweep = peak_threshold_sweep if base.region == "peak" else threshold_sweep
     every, objective = _Tally(len(names), len(ts)), _Tally(len(names), len(ts))
-    empty = done = 0
+    empty = 0
     total = len(dataset.items)
-    for batch in batches(dataset.items, batch_size):
+    for batch in sample_batches(dataset, batch_size, max_bytes=max_image_bytes, max_pixels=max_image_pixels):
         if not is_active():
             return
-        loaded = [load_sample(item, dataset.mask_format, max_bytes=max_image_bytes, max_pixels=max_image_pixels)
-                  for item in batch]
-        samples = [s for s in loaded if s is not None]
-        empty += len(loaded) - len(samples)
-        done += len(batch)
+        samples, done, empty = batch.samples, batch.done, batch.empty
         if samples:
             areas = [float(s.mask.mean()) for s in samples]  # = the whole image's IoU
             tallies = [(every, objective) if a < OBJECTIVE_MAX_MASK_AREA else (every,) for a in areas]
