@@ -49,6 +49,7 @@ class ClassifierApp:
             buffer_size=settings.audit_buffer_size,
             per_part_max=settings.audit_per_part_max,
             part_ttl_seconds=settings.audit_part_ttl_seconds,
+            linger_ms=settings.audit_linger_ms,
             metrics=self.metrics,
         )
         self.store = ModelStore(

@@ -53,6 +53,17 @@ def test_records_are_written_capped_and_indexed_by_part(redis_client: redis.Redi
         audit.close()
 
 
+def test_flush_cuts_the_writers_linger_short(redis_client: redis.Redis, key_prefix: str) -> None:
+    audit = AuditLog(redis_client, key_prefix, linger_ms=600_000)  # without flush: written in 10 minutes
+    try:
+        audit.record(entry(1, part="p9"))
+        assert audit.flush(10)
+        assert [e.image_sha256 for e in audit.query("p9")] == [f"{1:064x}"]
+    finally:
+        audit.close(timeout=5)
+    assert not audit._thread.is_alive()
+
+
 def test_drops_are_counted_never_silent() -> None:
     dead = dead_redis()
     metrics = ClassifierMetrics()
