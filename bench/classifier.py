@@ -10,7 +10,9 @@ from 300x300 JPEGs (the casting test split when ../shared/data is there, else sy
 3. latency p50 / p99 with one client, against the in-process pipeline at batch 1, in alternating
    blocks of calls (a block of in-process calls, then a block of served calls, ...). Blocks rather
    than call-by-call pairs: right after an in-process inference this process's own inference threads
-   still hold the cores for a while, which would bill the bench's engine to the served call.
+   still hold the cores for a while, which would bill the bench's engine to the served call;
+4. the transport floor: the same single-client calls against a bare Python gRPC server (bench/grpc_echo.py)
+   whose handler only waits the in-process p50 (``grpc_echo_overhead_p50_ms``).
 
 The last line of output is one JSON object with every figure; the targets are
 ``served_over_inprocess`` >= 0.8 and ``p50_minus_inprocess_b1_ms`` <= 1.0.
@@ -47,6 +49,7 @@ import redis  # noqa: E402
 import torch  # noqa: E402
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
+from bench.grpc_echo import EchoFloor  # noqa: E402
 from common.images import decode_image, preprocess_batch  # noqa: E402
 from common.manifest import Manifest, Preprocessing  # noqa: E402
 from common.models.zoo import build_model  # noqa: E402
@@ -389,6 +392,13 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    # The same single-client calls against a bare Python gRPC server that only waits the in-process time.
+    echo = EchoFloor(_free_port())
+    try:
+        echo_overheads = echo.overheads_ms(images, statistics.median(inproc_lat), calls=300)
+    finally:
+        echo.close()
+
     best = {
         "inprocess_img_s": max(rounds["inproc"]),
         "served_img_s": max(rounds["served"]),
@@ -406,6 +416,7 @@ def main() -> None:
             "p50_minus_inprocess_b1_ms": best["served_p50_ms"] - best["inprocess_b1_p50_ms"],
             "median_matched_difference_ms": statistics.median(c - i for c, i in zip(served_lat, inproc_lat, strict=True)),
             "served_outside_server_p50_ms": statistics.median(c - s for c, s in zip(served_lat, server_lat, strict=True)),
+            "grpc_echo_overhead_p50_ms": statistics.median(echo_overheads),
             "per_round_served_over_inprocess": [s / i for s, i in zip(rounds["served"], rounds["inproc"], strict=True)],
             "rounds": args.rounds,
             "loadavg_1m_at_end": os.getloadavg()[0],

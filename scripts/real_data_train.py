@@ -9,7 +9,7 @@ Target (issue 3, on a 2-core machine): unfrozen at most 2 errors of the 715 test
 minutes; frozen clearly worse (the thesis: 99.8 % vs 90.4 %).
 
 Usage:
-    python scripts/real_data_train.py                         # the full run, both policies
+    python scripts/real_data_train.py                         # the full run, both policies (~27 min)
     python scripts/real_data_train.py --epochs 1 --max-batches 3 --policies unfrozen   # a smoke run
 """
 
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="ImageFolder root with train/ and test/")
     p.add_argument("--policies", default="unfrozen,frozen", help="comma-separated freeze policies, run in order")
-    p.add_argument("--image-size", type=int, default=300, help="the parts are 300 px; defects are small")
+    p.add_argument("--image-size", type=int, default=256,
+                   help="the parts are 300 px and the defects small; 256 px met the target in 22 min here")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-4, help="backbone learning rate")
@@ -55,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=float, default=0.25)
     p.add_argument("--schedule", choices=("cosine", "constant"), default="cosine")
     p.add_argument("--no-augment", action="store_true", help="disable flips / 90° rotations / brightness")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="bf16",
+                   help="bf16 autocast (1.25x over fp32 on an avx512_bf16 CPU; AUTO keeps fp32 without AMX)")
     p.add_argument("--max-batches", type=int, default=0, help="cap batches per epoch (smoke runs)")
     p.add_argument("--loader-workers", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
