@@ -124,6 +124,17 @@ class InProcess:
         x = preprocess_batch(pixels, IMAGE_SIZE, MEAN, STD)
         return _verdicts(self.backend.infer(x), 0, 0.5)
 
+    def single(self, image: bytes) -> tuple[float, float, float]:
+        """One image through the pipeline at batch 1: (total, decode + preprocess, inference) ms."""
+        start = time.perf_counter()
+        x = preprocess_batch([decode_image(image)], IMAGE_SIZE, MEAN, STD)
+        decoded = time.perf_counter()
+        logits = self.backend.infer(x)
+        inferred = time.perf_counter()
+        _verdicts(logits, 0, 0.5)
+        end = time.perf_counter()
+        return (end - start) * 1000, (decoded - start) * 1000, (inferred - decoded) * 1000
+
     def throughput(self, seconds: float, batch: int = BATCH) -> float:
         done, i = 0, 0
         start = time.perf_counter()
@@ -245,26 +256,25 @@ class Served:
 
 def alternating_latencies(
     inproc: InProcess, served: Served, seconds: float, block: int = LATENCY_BLOCK
-) -> tuple[list[float], list[float], list[float]]:
+) -> tuple[list[tuple[float, float, float]], list[float], list[tuple[float, float, float]]]:
     """One image at a time, alternating ``block`` in-process calls (batch 1) with ``block`` served calls
-    (one client), so that load from other processes falls on both alike. Returns in-process, served
-    client-side and served server-side milliseconds."""
-    inproc_ms: list[float] = []
+    (one client), so that load from other processes falls on both alike. Returns the in-process timings,
+    the served client-side milliseconds and the served verdicts' server-side timings; timings are
+    (total, decode + preprocess, inference) ms."""
+    inproc_ms: list[tuple[float, float, float]] = []
     client_ms: list[float] = []
-    server_ms: list[float] = []
+    server_ms: list[tuple[float, float, float]] = []
     end = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < end or len(inproc_ms) < 2 * block:
         for k in range(block):
-            image = inproc.images[(i + k) % len(inproc.images)]
-            start = time.perf_counter()
-            inproc.pipeline([image])
-            inproc_ms.append((time.perf_counter() - start) * 1000)
+            inproc_ms.append(inproc.single(inproc.images[(i + k) % len(inproc.images)]))
         for k in range(block):
             start = time.perf_counter()
             verdict = served.classify(0, i + k)
             client_ms.append((time.perf_counter() - start) * 1000)
-            server_ms.append(verdict.timing.total_ms)
+            t = verdict.timing
+            server_ms.append((t.total_ms, t.decode_ms, t.inference_ms))
         i += block
     return inproc_ms, client_ms, server_ms
 
@@ -356,8 +366,9 @@ def main() -> None:
     }
     rounds: dict[str, list[float]] = {k: [] for k in ("inproc", "served", "inproc_p50", "served_p50")}
     inproc_lat: list[float] = []
+    inproc_parts: list[tuple[float, float, float]] = []
     served_lat: list[float] = []
-    server_lat: list[float] = []
+    server_lat: list[tuple[float, float, float]] = []
     pressures: list[float | None] = []
     try:
         with serving(env, port) as target:
@@ -369,9 +380,10 @@ def main() -> None:
                     rounds["inproc"].append(inproc.throughput(args.seconds))
                     rounds["served"].append(served.throughput(args.seconds))
                     lat, client_ms, server_ms = alternating_latencies(inproc, served, args.seconds)
-                    rounds["inproc_p50"].append(statistics.median(lat))
+                    rounds["inproc_p50"].append(statistics.median(t[0] for t in lat))
                     rounds["served_p50"].append(statistics.median(client_ms))
-                    inproc_lat += lat
+                    inproc_lat += [t[0] for t in lat]
+                    inproc_parts += lat
                     served_lat += client_ms
                     server_lat += server_ms
                     last = {k: v[-1] for k, v in rounds.items()}
@@ -402,7 +414,7 @@ def main() -> None:
     best = {
         "inprocess_img_s": max(rounds["inproc"]),
         "served_img_s": max(rounds["served"]),
-        "inprocess_b1_p50_ms": statistics.median(inproc_lat),  # pooled over the paired calls of all rounds
+        "inprocess_b1_p50_ms": statistics.median(inproc_lat),  # pooled over the latency blocks of all rounds
         "served_p50_ms": statistics.median(served_lat),
     }
     results.update(best)
@@ -411,11 +423,15 @@ def main() -> None:
             "served_backend": served.backend,
             "inprocess_b1_p99_ms": _pct(inproc_lat, 99),
             "served_p99_ms": _pct(served_lat, 99),
-            "served_server_side_p50_ms": statistics.median(server_lat),
+            "served_server_side_p50_ms": statistics.median(t[0] for t in server_lat),
+            "inprocess_b1_decode_p50_ms": statistics.median(t[1] for t in inproc_parts),
+            "served_decode_p50_ms": statistics.median(t[1] for t in server_lat),
+            "inprocess_b1_inference_p50_ms": statistics.median(t[2] for t in inproc_parts),
+            "served_inference_p50_ms": statistics.median(t[2] for t in server_lat),
             "served_over_inprocess": best["served_img_s"] / best["inprocess_img_s"],
             "p50_minus_inprocess_b1_ms": best["served_p50_ms"] - best["inprocess_b1_p50_ms"],
             "median_matched_difference_ms": statistics.median(c - i for c, i in zip(served_lat, inproc_lat, strict=True)),
-            "served_outside_server_p50_ms": statistics.median(c - s for c, s in zip(served_lat, server_lat, strict=True)),
+            "served_outside_server_p50_ms": statistics.median(c - s[0] for c, s in zip(served_lat, server_lat, strict=True)),
             "grpc_echo_overhead_p50_ms": statistics.median(echo_overheads),
             "per_round_served_over_inprocess": [s / i for s, i in zip(rounds["served"], rounds["inproc"], strict=True)],
             "rounds": args.rounds,

@@ -267,7 +267,10 @@ class Batcher:
         return live
 
     def _stack(self, items: list[_Item]) -> np.ndarray:
-        """Copy the tensors into a reused buffer (the worker is the buffer's only user)."""
+        """Copy the tensors into a reused buffer (the worker is the buffer's only user); a lone item
+        is passed as a view, without a copy (an inline caller must not touch the worker's buffer)."""
+        if len(items) == 1:
+            return items[0].tensor[None]
         shape = items[0].tensor.shape
         if self._buffer is None or self._buffer.shape[1:] != shape:
             self._buffer = np.empty((self._max, *shape), dtype=np.float32)
