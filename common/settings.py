@@ -116,8 +116,9 @@ class ClassifierSettings(ServerSettings):
     threshold_cache_seconds: float = 1.0
     # Audit records buffered in memory while the writer catches up; beyond it they are dropped (counted).
     audit_buffer_size: int = 10_000
-    # The audit writer waits this long for more records before a write (keeps it off the response path).
-    audit_linger_ms: float = 20.0
+    # 0: the audit writer writes as soon as records arrive; > 0: it wakes on this period instead (larger
+    # batches, but its writes then land inside inferences and slowed them here; see docs/classifier.md).
+    audit_linger_ms: float = 0.0
     # Audit records kept per part id, and how long a part's index lives after its last record.
     audit_per_part_max: int = 100
     audit_part_ttl_seconds: int = 30 * 24 * 3600

@@ -6,10 +6,10 @@ Keys (P = key prefix):
                                    ``per_part_max`` and expiring ``part_ttl_seconds`` after its last write
 
 :meth:`AuditLog.record` only appends to a bounded in-memory buffer; a writer thread drains it in
-pipelined batches. The writer lingers ``linger_ms`` after the first record of a batch before writing: the
-write then falls inside a later inference (which releases the GIL) instead of competing for the GIL with
-the response of the verdict that queued it, and busy lines get larger batches. :meth:`flush` cuts the
-linger short. A full buffer or a Redis failure never blocks or fails a verdict: the records are
+pipelined batches. By default (``linger_ms=0``) the writer wakes as soon as a record arrives; with
+``linger_ms`` > 0 it wakes on that period instead (and at once for :meth:`flush` / :meth:`close`), so a
+record wakes no thread and busy lines get larger batches — but on a 2-core host its writes then land inside
+inferences and slowed them more than the per-record wake-up costs (docs/classifier.md). A full buffer or a Redis failure never blocks or fails a verdict: the records are
 counted as dropped (metric ``zdm_classifier_audit_dropped_total``) and logged, never lost silently.
 """
 
@@ -92,7 +92,7 @@ class AuditLog:
             (and counted).
         per_part_max: records kept per part id.
         part_ttl_seconds: a part's list expires this long after its last record.
-        linger_ms: how long the writer waits for more records before writing a batch.
+        linger_ms: the writer's wake-up period; 0 = wake for every record.
     """
 
     def __init__(
@@ -104,7 +104,7 @@ class AuditLog:
         buffer_size: int = 10_000,
         per_part_max: int = 100,
         part_ttl_seconds: int = 30 * 24 * 3600,
-        linger_ms: float = 20.0,
+        linger_ms: float = 0.0,
         metrics: ClassifierMetrics | None = None,
     ) -> None:
         self._client = client
@@ -170,27 +170,28 @@ class AuditLog:
         return self._part_prefix + part_id
 
     def _run(self) -> None:
+        backlog = False
         while True:
-            first = self._buffer.get()
-            if first is None:
-                return
-            if self._linger and self._write_now.wait(self._linger):
-                self._write_now.clear()
-            batch = [first]
-            stop = False
-            while len(batch) < _WRITE_BATCH:
+            if self._linger:
+                # A clock (or flush / close) wakes the writer, not each record: queuing a record then
+                # wakes no thread, so no write lands on the response path of the verdict that queued it.
+                if not backlog and self._write_now.wait(self._linger):
+                    self._write_now.clear()
+                items = []
+            else:
+                items = [self._buffer.get()]
+            while len(items) < _WRITE_BATCH:
                 try:
-                    nxt = self._buffer.get_nowait()
+                    items.append(self._buffer.get_nowait())
                 except queue.Empty:
                     break
-                if nxt is None:
-                    stop = True
-                    break
-                batch.append(nxt)
-            if self._metrics is not None:
-                self._metrics.audit_buffer.dec(len(batch))
-            self._write(batch)
-            if stop:
+            backlog = len(items) >= _WRITE_BATCH
+            batch = [e for e in items if e is not None]
+            if batch:
+                if self._metrics is not None:
+                    self._metrics.audit_buffer.dec(len(batch))
+                self._write(batch)
+            if len(batch) < len(items):  # close() queued the end marker
                 return
 
     def _write(self, batch: list[AuditEntry]) -> None:

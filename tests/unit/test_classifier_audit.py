@@ -34,9 +34,14 @@ def entry(i: int, part: str = "") -> AuditEntry:
     )
 
 
-def test_records_are_written_capped_and_indexed_by_part(redis_client: redis.Redis, key_prefix: str) -> None:
+@pytest.mark.parametrize("linger_ms", [0.0, 20.0])
+def test_records_are_written_capped_and_indexed_by_part(
+    redis_client: redis.Redis, key_prefix: str, linger_ms: float
+) -> None:
     metrics = ClassifierMetrics()
-    audit = AuditLog(redis_client, key_prefix, max_len=10, per_part_max=3, part_ttl_seconds=60, metrics=metrics)
+    audit = AuditLog(
+        redis_client, key_prefix, max_len=10, per_part_max=3, part_ttl_seconds=60, linger_ms=linger_ms, metrics=metrics
+    )
     try:
         for i in range(200):
             audit.record(entry(i, part="p1" if i % 2 else ""))
@@ -53,15 +58,17 @@ def test_records_are_written_capped_and_indexed_by_part(redis_client: redis.Redi
         audit.close()
 
 
-def test_flush_cuts_the_writers_linger_short(redis_client: redis.Redis, key_prefix: str) -> None:
-    audit = AuditLog(redis_client, key_prefix, linger_ms=600_000)  # without flush: written in 10 minutes
+def test_flush_and_close_wake_the_writer_at_once(redis_client: redis.Redis, key_prefix: str) -> None:
+    audit = AuditLog(redis_client, key_prefix, linger_ms=600_000)  # on its own: a write every 10 minutes
     try:
         audit.record(entry(1, part="p9"))
         assert audit.flush(10)
         assert [e.image_sha256 for e in audit.query("p9")] == [f"{1:064x}"]
+        audit.record(entry(2, part="p9"))
     finally:
         audit.close(timeout=5)
     assert not audit._thread.is_alive()
+    assert [e.image_sha256 for e in audit.query("p9")] == [f"{2:064x}", f"{1:064x}"]  # written on close
 
 
 def test_drops_are_counted_never_silent() -> None:
