@@ -91,20 +91,21 @@ def run_evaluation(models: list[LoadedModel], dataset: AnnotatedSet, opts: Expla
     return result
 
 
-def run_search(loaded: LoadedModel, dataset: AnnotatedSet, method: str, normalization: str, region: str,
-               layers: list[str], thresholds: list[float], batch_size: int) -> SearchOutcome:
+def run_search(loaded: LoadedModel, dataset: AnnotatedSet, method: str, normalization: str, regions: list[str],
+               layers: list[str], thresholds: list[float], batch_size: int) -> list[SearchOutcome]:
+    """One pass over ``dataset``; an outcome per region."""
     started = time.perf_counter()
-    outcome = None
-    what = f"search {method or 'default method'}/{normalization or 'default normalisation'}/{region}"
-    for event in search_defaults(loaded, dataset, method=method, normalization=normalization, region=region,
+    outcomes = []
+    what = f"search {method or 'default method'}/{normalization or 'default normalisation'}/{'+'.join(regions)}"
+    for event in search_defaults(loaded, dataset, method=method, normalization=normalization, regions=regions,
                                  layers=layers, thresholds=thresholds, batch_size=batch_size):
         if isinstance(event, SearchOutcome):
-            outcome = event
+            outcomes.append(event)
         else:
             print(f"\r  {what}: {event.done}/{event.total} images", end="", file=sys.stderr, flush=True)
     print(f"\r  {what}: done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    assert outcome is not None
-    return outcome
+    assert len(outcomes) == len(regions)
+    return outcomes
 
 
 def headline(m: ModelEvaluation) -> dict[str, object]:
@@ -186,26 +187,26 @@ def main() -> None:
         for loaded in models:
             variants.append(variant(loaded, "defaults"))
             variant_opts.append(ExplainOptions())
-            for method, normalization, region in itertools.product(args.search_methods, args.search_normalizations,
-                                                                   args.search_regions):
-                outcome = run_search(loaded, search_half, method, normalization, region, args.layers, args.thresholds,
-                                     args.batch_size)
-                best = outcome.best
-                tag = f"{outcome.method}/{outcome.normalization}/{outcome.region} searched"
-                print(f"- {loaded.manifest.name} v{loaded.manifest.version}, {outcome.method}, {outcome.normalization}, "
-                      f"region {outcome.region}: best `{best.layer}` at {best.threshold:g} on the search half "
-                      f"(objective over its {outcome.objective_images} masks < 50 %: mean IoU {best.mean_iou:.3f}, "
-                      f"{best.score:+.3f} over the whole image; pred. area {best.predicted_area:.2f}, "
-                      f"pointing {best.pointing:.2f})")
-                searches.append({"model": f"{loaded.manifest.name} v{loaded.manifest.version}",
-                                 "method": outcome.method, "normalization": outcome.normalization,
-                                 "region": outcome.region, "layer": best.layer, "threshold": best.threshold,
-                                 "objective_images": outcome.objective_images,
-                                 "search_mean_iou": round(best.mean_iou, 4), "search_score": round(best.score, 4),
-                                 "candidates": [c.__dict__ for c in outcome.candidates]})
-                variants.append(variant(loaded, tag))
-                variant_opts.append(ExplainOptions(method=outcome.method, layer=best.layer, threshold=best.threshold,
-                                                   normalization=outcome.normalization, region=outcome.region))
+            for method, normalization in itertools.product(args.search_methods, args.search_normalizations):
+                outcomes = run_search(loaded, search_half, method, normalization, list(dict.fromkeys(args.search_regions)),
+                                      args.layers, args.thresholds, args.batch_size)
+                for outcome in outcomes:
+                    best = outcome.best
+                    tag = f"{outcome.method}/{outcome.normalization}/{outcome.region} searched"
+                    print(f"- {loaded.manifest.name} v{loaded.manifest.version}, {outcome.method}, {outcome.normalization}, "
+                          f"region {outcome.region}: best `{best.layer}` at {best.threshold:g} on the search half "
+                          f"(objective over its {outcome.objective_images} masks < 50 %: mean IoU {best.mean_iou:.3f}, "
+                          f"{best.score:+.3f} over the whole image; pred. area {best.predicted_area:.2f}, "
+                          f"pointing {best.pointing:.2f})")
+                    searches.append({"model": f"{loaded.manifest.name} v{loaded.manifest.version}",
+                                     "method": outcome.method, "normalization": outcome.normalization,
+                                     "region": outcome.region, "layer": best.layer, "threshold": best.threshold,
+                                     "objective_images": outcome.objective_images,
+                                     "search_mean_iou": round(best.mean_iou, 4), "search_score": round(best.score, 4),
+                                     "candidates": [c.__dict__ for c in outcome.candidates]})
+                    variants.append(variant(loaded, tag))
+                    variant_opts.append(ExplainOptions(method=outcome.method, layer=best.layer, threshold=best.threshold,
+                                                       normalization=outcome.normalization, region=outcome.region))
         print()
         held_out = run_evaluation(variants, report_half, variant_opts, args.out / "held_out", args.batch_size,
                                   "report half")

@@ -127,7 +127,7 @@ def search_defaults(
     *,
     method: str = "",
     normalization: str = "",
-    region: str = "all",
+    regions: Sequence[str] = ("all",),
     layers: Sequence[str] = (),
     thresholds: Sequence[float] = (),
     batch_size: int = 16,
@@ -135,21 +135,26 @@ def search_defaults(
     max_image_pixels: int = 40_000_000,
     is_active: Callable[[], bool] = lambda: True,
 ) -> Iterator[Progress | SearchOutcome]:
-    """Yield a :class:`Progress` per batch, then the :class:`SearchOutcome`.
+    """Yield a :class:`Progress` per batch, then one :class:`SearchOutcome` per region, in order.
 
-    ``method`` and ``normalization`` empty = the manifest's; ``region`` see :mod:`regions`.
+    ``method`` and ``normalization`` empty = the manifest's; ``regions`` see :mod:`regions` (empty = the
+    manifest's). The heatmaps do not depend on the region: each layer's maps are computed once per
+    image and scored for every region.
 
     Raises:
         InvalidArgument: unknown method, region or layer, a threshold outside [0, 1], or no mask
             marking a defect.
     """
-    base = resolve_options(model, ExplainOptions(method=method, normalization=normalization, region=region))
+    bases = [resolve_options(model, ExplainOptions(method=method, normalization=normalization, region=r))
+             for r in dict.fromkeys(regions or ("",))]
+    base = bases[0]
     names = candidate_layers(model, base, layers)
     ts = _check_thresholds(thresholds)
     per_layer = [Resolved(base.method, name, base.threshold, base.normalization, base.region) for name in names]
     opts = ExplainOptions(method=base.method, normalization=base.normalization, region=base.region)
-    sweep = peak_threshold_sweep if base.region == "peak" else threshold_sweep
-    every, objective = _Tally(len(names), len(ts)), _Tally(len(names), len(ts))
+    sweeps = [peak_threshold_sweep if b.region == "peak" else threshold_sweep for b in bases]
+    every = [_Tally(len(names), len(ts)) for _ in bases]
+    objective = [_Tally(len(names), len(ts)) for _ in bases]
     empty = 0
     total = len(dataset.items)
     for batch in sample_batches(dataset, batch_size, max_bytes=max_image_bytes, max_pixels=max_image_pixels):
@@ -158,23 +163,31 @@ def search_defaults(
         samples, done, empty = batch.samples, batch.done, batch.empty
         if samples:
             areas = [float(s.mask.mean()) for s in samples]  # = the whole image's IoU
-            tallies = [(every, objective) if a < OBJECTIVE_MAX_MASK_AREA else (every,) for a in areas]
+            in_objective = [a < OBJECTIVE_MAX_MASK_AREA for a in areas]
             for k, resolved in enumerate(per_layer):
                 heats, _, _ = compute_heatmaps(model, [s.image for s in samples], resolved, opts)
-                for sample, heat, into in zip(samples, heats, tallies, strict=True):
-                    iou, area = sweep(heat, sample.mask, ts)
+                for sample, heat, counted in zip(samples, heats, in_objective, strict=True):
                     hit = pointing_hit(heat, sample.mask)
-                    for tally in into:
-                        tally.iou[k] += iou
-                        tally.area[k] += area
-                        tally.hits[k] += hit
-            for area, into in zip(areas, tallies, strict=True):
-                for tally in into:
-                    tally.whole += area
-                    tally.count += 1
+                    for r, sweep in enumerate(sweeps):
+                        iou, area = sweep(heat, sample.mask, ts)
+                        for tally in (every[r], objective[r]) if counted else (every[r],):
+                            tally.iou[k] += iou
+                            tally.area[k] += area
+                            tally.hits[k] += hit
+            for area, counted in zip(areas, in_objective, strict=True):
+                for r in range(len(bases)):
+                    for tally in (every[r], objective[r]) if counted else (every[r],):
+                        tally.whole += area
+                        tally.count += 1
         yield Progress(model.manifest.name, model.manifest.version, done, total)
-    if every.count == 0:
+    if every[0].count == 0:
         raise InvalidArgument(f"all {total} masks mark no defect: nothing to search on")
+    for r, region_base in enumerate(bases):
+        yield _outcome(names, ts, every[r], objective[r], region_base, empty, dataset.without_mask)
+
+
+def _outcome(names: list[str], ts: list[float], every: _Tally, objective: _Tally, base: Resolved, empty: int,
+             without_mask: int) -> SearchOutcome:
     used = objective if objective.count else every
     n = used.count
     whole = used.whole / n
@@ -184,5 +197,5 @@ def search_defaults(
         for k, name in enumerate(names) for j in range(len(ts))
     ]
     best = max(candidates, key=lambda c: (c.score, -c.predicted_area))
-    yield SearchOutcome(best, candidates, base.method, base.normalization, base.region, every.count, n, whole,
-                        empty, dataset.without_mask)
+    return SearchOutcome(best, candidates, base.method, base.normalization, base.region, every.count, n, whole,
+                         empty, without_mask)

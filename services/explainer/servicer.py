@@ -218,20 +218,16 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         loaded = self.store.get(ref.name, ref.version, ref.alias)
         regions = search_regions(request.regions)
         outcomes: list[SearchOutcome] = []
-        # One search per region (the heatmaps are recomputed for each); progress counts over all of them.
-        for i, region in enumerate(regions):
-            events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""), region=region,
-                                     layers=list(request.layers), thresholds=list(request.thresholds),
-                                     batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
-                                     max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
-            for event in events:
-                if isinstance(event, Progress):
-                    yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(Progress(
-                        event.name, event.version, i * event.total + event.done, len(regions) * event.total)))
-                else:
-                    outcomes.append(event)
-            if not context.is_active():
-                return
+        # One pass over the images: each layer's heatmaps are scored for every region.
+        events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""), regions=regions,
+                                 layers=list(request.layers), thresholds=list(request.thresholds),
+                                 batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
+                                 max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
+        for event in events:
+            if isinstance(event, Progress):
+                yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
+            else:
+                outcomes.append(event)
         if len(outcomes) == len(regions):
             yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, outcomes, request.store))
 

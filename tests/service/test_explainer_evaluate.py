@@ -330,7 +330,7 @@ def test_search_over_regions_stores_the_winning_region(service, roots, crafted_a
         model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True,
         layers=["sharp"], thresholds=[0.5], regions=["peak", "all", "peak"])
     progress, result = _events(stub.SearchDefaults(request))
-    assert progress[-1].done == progress[-1].total == 2 * len(SQUARES)  # one pass per distinct region
+    assert progress[-1].done == progress[-1].total == len(SQUARES)  # one pass over the images for both regions
     assert [c.region for c in result.candidates] == ["peak", "all"]
     assert all(c.mean_iou == pytest.approx(1.0) for c in result.candidates)  # one square per image: a tie
     assert result.best.region == "peak" and result.stored  # ties go to the earlier region
@@ -359,8 +359,11 @@ def test_search_objective_leaves_out_large_masks_and_searches_peak_regions(roots
                         explanation=zoo._gradcam("flat", 0.5))
     loaded = LoadedModel(manifest, crafted_arch, model.eval())
     dataset = find_annotated(crafted / "images", crafted / "masks")
-    for region in ("all", "peak"):
-        *_, outcome = search_defaults(loaded, dataset, region=region, layers=["flat", "sharp"], thresholds=[0.3, 0.7])
+    *_, together_all, together_peak = search_defaults(loaded, dataset, regions=["all", "peak"], layers=["flat", "sharp"],
+                                                      thresholds=[0.3, 0.7])
+    for region, together in (("all", together_all), ("peak", together_peak)):
+        *_, outcome = search_defaults(loaded, dataset, regions=[region], layers=["flat", "sharp"], thresholds=[0.3, 0.7])
+        assert together == outcome  # one heatmap pass for both regions scores each as a search of its own
         assert outcome.images == len(SQUARES) + 1 and outcome.objective_images == len(SQUARES)
         whole = np.mean([side * side / CRAFTED_SIZE**2 for _, _, side in SQUARES])
         assert outcome.whole_image_iou == pytest.approx(whole)
