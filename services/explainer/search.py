@@ -108,14 +108,16 @@ def candidate_layers(model: LoadedModel, resolved: Resolved, layers: Sequence[st
 
 @dataclass
 class _Tally:
-    """Sums over one set of images, per layer and threshold."""
+    """Sums over one set of images: IoU and predicted area per region, layer and threshold; the pointing
+    game per layer and the whole image's IoU, which do not depend on the region or the threshold."""
 
+    regions: int
     layers: int
     thresholds: int
 
     def __post_init__(self) -> None:
-        self.iou = np.zeros((self.layers, self.thresholds))
-        self.area = np.zeros((self.layers, self.thresholds))
+        self.iou = np.zeros((self.regions, self.layers, self.thresholds))
+        self.area = np.zeros((self.regions, self.layers, self.thresholds))
         self.hits = np.zeros(self.layers)
         self.whole = 0.0
         self.count = 0
@@ -153,8 +155,7 @@ def search_defaults(
     per_layer = [Resolved(base.method, name, base.threshold, base.normalization, base.region) for name in names]
     opts = ExplainOptions(method=base.method, normalization=base.normalization, region=base.region)
     sweeps = [peak_threshold_sweep if b.region == "peak" else threshold_sweep for b in bases]
-    every = [_Tally(len(names), len(ts)) for _ in bases]
-    objective = [_Tally(len(names), len(ts)) for _ in bases]
+    every, objective = _Tally(len(bases), len(names), len(ts)), _Tally(len(bases), len(names), len(ts))
     empty = 0
     total = len(dataset.items)
     for batch in sample_batches(dataset, batch_size, max_bytes=max_image_bytes, max_pixels=max_image_pixels):
@@ -167,33 +168,33 @@ def search_defaults(
             for k, resolved in enumerate(per_layer):
                 heats, _, _ = compute_heatmaps(model, [s.image for s in samples], resolved, opts)
                 for sample, heat, counted in zip(samples, heats, in_objective, strict=True):
+                    scores = [sweep(heat, sample.mask, ts) for sweep in sweeps]
                     hit = pointing_hit(heat, sample.mask)
-                    for r, sweep in enumerate(sweeps):
-                        iou, area = sweep(heat, sample.mask, ts)
-                        for tally in (every[r], objective[r]) if counted else (every[r],):
-                            tally.iou[k] += iou
-                            tally.area[k] += area
-                            tally.hits[k] += hit
+                    for tally in (every, objective) if counted else (every,):
+                        for r, (iou, area) in enumerate(scores):
+                            tally.iou[r, k] += iou
+                            tally.area[r, k] += area
+                        tally.hits[k] += hit
             for area, counted in zip(areas, in_objective, strict=True):
-                for r in range(len(bases)):
-                    for tally in (every[r], objective[r]) if counted else (every[r],):
-                        tally.whole += area
-                        tally.count += 1
+                for tally in (every, objective) if counted else (every,):
+                    tally.whole += area
+                    tally.count += 1
         yield Progress(model.manifest.name, model.manifest.version, done, total)
-    if every[0].count == 0:
+    if every.count == 0:
         raise InvalidArgument(f"all {total} masks mark no defect: nothing to search on")
     for r, region_base in enumerate(bases):
-        yield _outcome(names, ts, every[r], objective[r], region_base, empty, dataset.without_mask)
+        yield _outcome(names, ts, every, objective, r, region_base, empty, dataset.without_mask)
 
 
-def _outcome(names: list[str], ts: list[float], every: _Tally, objective: _Tally, base: Resolved, empty: int,
-             without_mask: int) -> SearchOutcome:
+def _outcome(names: list[str], ts: list[float], every: _Tally, objective: _Tally, r: int, base: Resolved,
+             empty: int, without_mask: int) -> SearchOutcome:
+    """Region ``r``'s candidates and best one."""
     used = objective if objective.count else every
     n = used.count
     whole = used.whole / n
     candidates = [
-        Candidate(name, ts[j], float(used.iou[k, j] / n - whole), float(used.iou[k, j] / n),
-                  float(used.area[k, j] / n), float(used.hits[k] / n))
+        Candidate(name, ts[j], float(used.iou[r, k, j] / n - whole), float(used.iou[r, k, j] / n),
+                  float(used.area[r, k, j] / n), float(used.hits[k] / n))
         for k, name in enumerate(names) for j in range(len(ts))
     ]
     best = max(candidates, key=lambda c: (c.score, -c.predicted_area))
