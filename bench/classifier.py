@@ -365,7 +365,6 @@ def main() -> None:
         "ZDM_CLASSIFIER_MAX_WORKERS": str(args.server_threads),
     }
     rounds: dict[str, list[float]] = {k: [] for k in ("inproc", "served", "inproc_p50", "served_p50")}
-    inproc_lat: list[float] = []
     inproc_parts: list[tuple[float, float, float]] = []
     served_lat: list[float] = []
     server_lat: list[tuple[float, float, float]] = []
@@ -382,7 +381,6 @@ def main() -> None:
                     lat, client_ms, server_ms = alternating_latencies(inproc, served, args.seconds)
                     rounds["inproc_p50"].append(statistics.median(t[0] for t in lat))
                     rounds["served_p50"].append(statistics.median(client_ms))
-                    inproc_lat += [t[0] for t in lat]
                     inproc_parts += lat
                     served_lat += client_ms
                     server_lat += server_ms
@@ -404,6 +402,7 @@ def main() -> None:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
 
+    inproc_lat = [t[0] for t in inproc_parts]
     # The same single-client calls against a bare Python gRPC server that only waits the in-process time.
     echo = EchoFloor(_free_port())
     try:

@@ -6,11 +6,13 @@ Keys (P = key prefix):
                                    ``per_part_max`` and expiring ``part_ttl_seconds`` after its last write
 
 :meth:`AuditLog.record` only appends to a bounded in-memory buffer; a writer thread drains it in
-pipelined batches. By default (``linger_ms=0``) the writer wakes as soon as a record arrives; with
-``linger_ms`` > 0 it wakes on that period instead (and at once for :meth:`flush` / :meth:`close`), so a
-record wakes no thread and busy lines get larger batches — but on a 2-core host its writes then land inside
-inferences and slowed them more than the per-record wake-up costs (docs/classifier.md). A full buffer or a Redis failure never blocks or fails a verdict: the records are
+pipelined batches. A full buffer or a Redis failure never blocks or fails a verdict: the records are
 counted as dropped (metric ``zdm_classifier_audit_dropped_total``) and logged, never lost silently.
+
+By default (``linger_ms=0``) the writer wakes as soon as a record arrives; with ``linger_ms`` > 0 it
+wakes on that period instead (and at once for :meth:`flush` / :meth:`close`), so a record wakes no
+thread and busy lines get larger batches — but on a 2-core host its writes then landed inside
+inferences and slowed them more than the per-record wake-up costs (docs/classifier.md).
 """
 
 from __future__ import annotations
