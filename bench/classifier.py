@@ -60,7 +60,7 @@ from services.classifier.model_store import backend_factory  # noqa: E402
 
 CASTING_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "casting" / "test"
 CLASSES = ["def_front", "ok_front"]
-MEAN, STD = [0.5643] * 3, [0.2386] * 3  # casting training-split statistics (DESIGN.md)
+MEAN, STD = [0.5643] * 3, [0.2386] * 3  # casting training-split statistics (docs/design.md)
 IMAGE_SIZE = 224
 BATCH = 32
 CLIENTS = 8
