@@ -1,0 +1,138 @@
+"""The dataset check over a real gRPC channel: CheckDataset, SubmitJob's report and events, bad datasets."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import pytest
+
+from protos.zdm.v1 import trainer_pb2
+from tests.service.trainer_support import Harness, job_spec, make_dataset, make_settings, trainer_harness
+
+
+@pytest.fixture
+def harness(tmp_path, redis_url, redis_client, key_prefix, registry_root):
+    settings = make_settings(tmp_path, redis_url, key_prefix, registry_root)
+    with trainer_harness(settings, redis_client) as h:
+        yield h
+
+
+def _leak(dataset: Path, n: int) -> None:
+    """Copy the first ``n`` training images of each class into test/ (byte-identical duplicates)."""
+    for cls in ("def_front", "ok_front"):
+        for path in sorted((dataset / "train" / cls).glob("*.png"))[:n]:
+            shutil.copy(path, dataset / "test" / cls / f"leaked_{path.name}")
+
+
+def _metrics(job: trainer_pb2.Job) -> dict[str, trainer_pb2.SplitMetrics]:
+    return {m.split: m for m in job.result.metrics}
+
+
+def _messages(h: Harness, job_id: str) -> list[str]:
+    return [e.message for e in h.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=60)
+            if e.WhichOneof("event") == "message"]
+
+
+def test_check_and_submit_report_duplicates_and_test_metrics_without_them(harness: Harness) -> None:
+    h = harness
+    dataset = make_dataset(h.settings, train_per_class=12, test_per_class=4)
+    _leak(dataset, 2)
+    (dataset / "train" / "ok_front" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+
+    report = h.stub.CheckDataset(trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset)))
+    assert list(report.classes) == ["def_front", "ok_front"] and report.images == 12 * 2 + 1 + 4 * 2 + 4
+    assert report.exact_duplicates.test_files_in_train == 4 and report.test_after_dedup == 8
+    assert report.unreadable_count == 1 and report.unreadable[0].path == "train/ok_front/zz_corrupt.png"
+    assert [v.value for v in report.channels] == ["1"] and [v.value for v in report.bit_depths] == ["8"]
+    assert report.width.min == report.width.max == 32 and not report.errors
+
+    spec = job_spec(dataset, name="dedup", epochs=1)
+    submitted = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=spec))
+    assert submitted.dataset_report.exact_duplicates.groups == 4
+    assert submitted.dataset_report.cached  # the facts CheckDataset found were reused
+    dropping = trainer_pb2.JobSpec()
+    dropping.CopyFrom(spec)
+    dropping.model_name, dropping.drop_test_duplicates = "dropped", True
+    dropped = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=dropping))
+    stored = h.stub.GetJob(trainer_pb2.GetJobRequest(job_id=submitted.job_id)).dataset_report
+    assert stored.test_after_dedup == 8 and list(stored.warnings) == list(submitted.dataset_report.warnings)
+
+    with h.running_worker():
+        job = h.wait_state(submitted.job_id, {"SUCCEEDED", "FAILED"}, timeout=120)
+        other = h.wait_state(dropped.job_id, {"SUCCEEDED", "FAILED"}, timeout=120)
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert other.state == trainer_pb2.JOB_STATE_SUCCEEDED, other.error
+    messages = _messages(h, submitted.job_id)
+    assert any(m.startswith("dataset check:") and "exact duplicates" in m for m in messages)
+    assert any(m.startswith("dataset check:") and "unreadable" in m for m in messages)
+
+    metrics = _metrics(job)
+    assert metrics["test"].samples == 12 and metrics["test_dedup"].samples == 8
+    metrics = _metrics(other)
+    assert metrics["test"].samples == 8 and "test_dedup" not in metrics
+    manifest = json.loads(h.stub.GetModel(trainer_pb2.GetModelRequest(model=job.result.model)).manifest_json)
+    assert manifest["dataset_check"]["exact_duplicates"]["test_files_in_train"] == 4
+    assert manifest["ok_classes"] == ["ok_front"] and manifest["recipe"]["drop_test_duplicates"] is False
+
+
+def _single_class(dataset: Path) -> None:
+    for split in ("train", "test"):
+        shutil.rmtree(dataset / split / "ok_front")
+
+
+def _empty_class(dataset: Path) -> None:
+    for path in (dataset / "train" / "ok_front").iterdir():
+        path.unlink()
+
+
+def _only_copies_in_test(dataset: Path) -> None:
+    for cls in ("def_front", "ok_front"):
+        for path in (dataset / "test" / cls).iterdir():
+            path.unlink()
+    _leak(dataset, 3)
+
+
+def _class_of_corrupt_files(dataset: Path) -> None:
+    for path in (dataset / "train" / "ok_front").iterdir():
+        path.write_bytes(path.read_bytes()[:40])  # truncated PNGs
+
+
+@pytest.mark.parametrize(("damage", "code", "message"), [
+    (_single_class, grpc.StatusCode.INVALID_ARGUMENT, "at least 2 classes"),
+    (_empty_class, grpc.StatusCode.INVALID_ARGUMENT, "has no images"),
+    (_class_of_corrupt_files, grpc.StatusCode.INVALID_ARGUMENT, "no readable image"),
+    (_only_copies_in_test, grpc.StatusCode.FAILED_PRECONDITION, "test split measures nothing"),
+])
+def test_bad_datasets_are_refused_before_anything_is_queued(harness: Harness, damage, code, message) -> None:
+    h = harness
+    dataset = make_dataset(h.settings, train_per_class=6, test_per_class=3)
+    damage(dataset)
+    with pytest.raises(grpc.RpcError) as err:
+        h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=job_spec(dataset)))
+    assert err.value.code() == code and message in err.value.details()
+    assert not h.stub.ListJobs(trainer_pb2.ListJobsRequest()).jobs
+    if code == grpc.StatusCode.FAILED_PRECONDITION:  # the check itself answers, listing the problem
+        report = h.stub.CheckDataset(trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset)))
+        assert report.test_after_dedup == 0 and message in report.errors[0]
+    else:
+        with pytest.raises(grpc.RpcError) as err:
+            h.stub.CheckDataset(trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset)))
+        assert err.value.code() == code
+
+
+def test_check_dataset_rejects_bad_requests(harness: Harness, tmp_path: Path) -> None:
+    h = harness
+    dataset = make_dataset(h.settings, train_per_class=4, test_per_class=2)
+    cases = [
+        (trainer_pb2.CheckDatasetRequest(), grpc.StatusCode.INVALID_ARGUMENT),
+        (trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset), val_fraction=0.9), grpc.StatusCode.INVALID_ARGUMENT),
+        (trainer_pb2.CheckDatasetRequest(dataset_path=str(tmp_path.parent)), grpc.StatusCode.PERMISSION_DENIED),
+        (trainer_pb2.CheckDatasetRequest(dataset_path="missing"), grpc.StatusCode.NOT_FOUND),
+    ]
+    for request, code in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            h.stub.CheckDataset(request)
+        assert err.value.code() == code, request
