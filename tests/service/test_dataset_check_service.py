@@ -136,3 +136,29 @@ def test_check_dataset_rejects_bad_requests(harness: Harness, tmp_path: Path) ->
         with pytest.raises(grpc.RpcError) as err:
             h.stub.CheckDataset(request)
         assert err.value.code() == code, request
+
+
+def test_zdm_dataset_check_prints_the_report(harness: Harness, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from client.cli import app
+
+    h = harness
+    dataset = make_dataset(h.settings, train_per_class=6, test_per_class=3)
+    _leak(dataset, 1)
+    monkeypatch.setenv("ZDM_TRAINER_ADDR", h.address)
+    runner = CliRunner()
+    result = runner.invoke(app, ["dataset", "check", str(dataset), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["exact_duplicates"]["test_files_in_train"] == 2 and report["test_after_dedup"] == 6
+    assert [row["split"] for row in report["splits"]] == ["train", "val", "test"]
+    result = runner.invoke(app, ["dataset", "check", str(dataset)])
+    assert result.exit_code == 0, result.output
+    assert "exact duplicates: 2 groups" in result.output and "test images without copies" in result.output
+
+    _only_copies_in_test(dataset)
+    result = runner.invoke(app, ["dataset", "check", str(dataset)])
+    assert result.exit_code == 1 and "measures nothing" in result.output
+    result = runner.invoke(app, ["dataset", "check", str(dataset.parent)])  # the data root: no train/ there
+    assert result.exit_code == 1 and "INVALID_ARGUMENT" in result.output
