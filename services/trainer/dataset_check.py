@@ -69,8 +69,9 @@ class FileFacts:
     channels: int = 0  # as stored (a palette PNG counts as 3)
     bit_depth: int = 0  # bits per sample
     grey_colour: bool = False  # 3+ channels whose pixels are all grey
-    phash: str = ""  # hex of the packed 256-bit hash; empty when unreadable
+    phash: str = ""  # hex of the packed 256-bit hash; empty when unreadable or not decoded
     error: str = ""
+    decoded: bool = False  # pixels were decoded (else: header facts and the content hash only)
 
 
 def _png_depth(data: bytes) -> tuple[int, int]:
@@ -127,8 +128,13 @@ _REDUCED = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_RE
             8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
-def scan_file(path: Path) -> FileFacts:
-    """Facts of one file; an unreadable one gets ``error`` set (and no hash), never an exception."""
+def scan_file(path: Path, decode: bool = True) -> FileFacts:
+    """Facts of one file; an unreadable one gets ``error`` set (and no hash), never an exception.
+
+    Without ``decode`` only the bytes are read: content hash and header facts (TIFF channels and
+    depth stay 0: only its decoder knows them), and truncation is caught where the format has an
+    end marker (JPEG EOI, PNG IEND).
+    """
     facts = FileFacts()
     try:
         data = path.read_bytes()
@@ -141,9 +147,14 @@ def scan_file(path: Path) -> FileFacts:
             raise BadImage(f"{len(data)} bytes is more than {MAX_FILE_BYTES}")
         header = read_header(data, name=path.name)
         facts.format, facts.width, facts.height = header.format, header.width, header.height
+        if header.format == "png" and b"IEND" not in data[-12:]:
+            raise BadImage("PNG is truncated (no IEND chunk at the end)")
         reader = _DEPTH_READERS.get(header.format)
         if reader is not None:
             facts.channels, facts.bit_depth = reader(data)
+        if not decode:
+            return facts
+        facts.decoded = True
         buf = np.frombuffer(data, dtype=np.uint8)
         if reader is None or facts.channels == 0:  # TIFF (or an odd header): ask the decoder
             full = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -173,24 +184,38 @@ def _relative(root: Path, path: Path) -> str:
     return text[len(prefix):].replace(os.sep, "/")
 
 
-def _cache_file(cache_dir: Path, fingerprint: str) -> Path:
-    return cache_dir / f"dataset-check-v{FACTS_VERSION}-{fingerprint[:32]}.json"
+def _cache_file(cache_dir: Path, fingerprint: str, decode: bool) -> Path:
+    level = "full" if decode else "header"
+    return cache_dir / f"dataset-check-v{FACTS_VERSION}-{level}-{fingerprint[:32]}.json"
+
+
+def _cached(file: Path, rels: list[str]) -> dict[str, FileFacts] | None:
+    if not file.is_file():
+        return None
+    try:
+        cached = json.loads(file.read_text())
+        if set(cached) >= set(rels):
+            return {r: FileFacts(**cached[r]) for r in rels}
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring unreadable dataset-check cache %s: %s", file, exc)
+    return None
 
 
 def scan_files(root: Path, paths: Sequence[Path], *, fingerprint: str, cache_dir: Path | None,
-               workers: int | None = None) -> tuple[dict[str, FileFacts], bool]:
-    """Facts for every path (keyed by the path relative to ``root``); True when they came from the cache."""
+               decode: bool = True, workers: int | None = None) -> tuple[dict[str, FileFacts], bool]:
+    """Facts for every path (keyed by the path relative to ``root``); True when they came from the cache.
+
+    A header-level request (``decode=False``) is also answered by cached full facts.
+    """
     rels = [_relative(root, p) for p in paths]
-    file = _cache_file(cache_dir, fingerprint) if cache_dir is not None else None
-    if file is not None and file.is_file():
-        try:
-            cached = json.loads(file.read_text())
-            if set(cached) >= set(rels):
-                return {r: FileFacts(**cached[r]) for r in rels}, True
-        except (OSError, ValueError, TypeError) as exc:
-            log.warning("ignoring unreadable dataset-check cache %s: %s", file, exc)
+    if cache_dir is not None:
+        for level in (True, False) if not decode else (True,):
+            found = _cached(_cache_file(cache_dir, fingerprint, level), rels)
+            if found is not None:
+                return found, True
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        facts = dict(zip(rels, pool.map(scan_file, paths), strict=True))
+        facts = dict(zip(rels, pool.map(lambda p: scan_file(p, decode), paths), strict=True))
+    file = _cache_file(cache_dir, fingerprint, decode) if cache_dir is not None else None
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=file.parent, prefix=".dataset-check-", suffix=".tmp")
@@ -349,8 +374,12 @@ def _entries(root: Path, splits: dict[str, list[Sample]]) -> list[Entry]:
 
 
 def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache_dir: Path | None = None,
-                  near_bits: int = NEAR_DUPLICATE_BITS, workers: int | None = None) -> DatasetCheck:
+                  decode: bool = True, near_bits: int = NEAR_DUPLICATE_BITS, workers: int | None = None) -> DatasetCheck:
     """Check an ImageFolder root with the train / val split training would use.
+
+    ``decode=False`` is the header-level pass SubmitJob makes (bytes, content hash and headers only:
+    about a second for casting's 7.3k files, unless full facts are cached); near-duplicates, grey
+    detection and undecodable pixels need ``decode`` (the worker's pass when the job starts).
 
     Raises:
         InvalidArgument: the layout itself is wrong (see :func:`discover`), or a class has no readable image.
@@ -363,8 +392,9 @@ def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache
     entries = _entries(root, splits)
     fingerprint = dataset_fingerprint(root)
     facts_by_path, cached = scan_files(root, [root / e.path for e in entries], fingerprint=fingerprint,
-                                       cache_dir=cache_dir, workers=workers)
+                                       cache_dir=cache_dir, decode=decode, workers=workers)
     facts = [facts_by_path[e.path] for e in entries]
+    decoded = all(f.decoded or f.error for f in facts)
     classes = folder.classes
     warnings: list[str] = []
     errors: list[str] = []
@@ -416,10 +446,11 @@ def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache
         by_sha.setdefault(facts[i].sha256, []).append(i)
     exact = DuplicateIndex(entries, sorted((g for g in by_sha.values() if len(g) > 1), key=lambda g: g[0]), classes,
                            exact=True)
-    hashes = np.stack([np.frombuffer(bytes.fromhex(facts[i].phash), dtype=np.uint64) for i in readable]) \
-        if readable else np.zeros((0, 4), np.uint64)
-    pairs = [(readable[a], readable[b], d) for a, b, d in near_pairs(hashes, near_bits)
-             if facts[readable[a]].sha256 != facts[readable[b]].sha256]  # exact copies are reported as such
+    hashed = [i for i in readable if facts[i].phash]
+    hashes = np.stack([np.frombuffer(bytes.fromhex(facts[i].phash), dtype=np.uint64) for i in hashed]) \
+        if hashed else np.zeros((0, 4), np.uint64)
+    pairs = [(hashed[a], hashed[b], d) for a, b, d in near_pairs(hashes, near_bits)
+             if facts[hashed[a]].sha256 != facts[hashed[b]].sha256]  # exact copies are reported as such
     near = DuplicateIndex(entries, _groups(len(entries), [(a, b) for a, b, _ in pairs]), classes, exact=False,
                           distances={(a, b): d for a, b, d in pairs})
     exact_summary, near_summary = exact.summary(), near.summary()
@@ -431,6 +462,8 @@ def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache
         if summary["conflicting_groups"]:
             warnings.append(f"{summary['conflicting_groups']} {kind}-duplicate group(s) carry conflicting labels")
 
+    if not decoded:
+        warnings.append("header-level check: near duplicates and undecodable pixels are checked when the job starts")
     test_dups = frozenset(exact.leaked("test") | near.leaked("test"))
     val_dups = exact.leaked("val") | near.leaked("val")
     test_total = sum(1 for e in entries if e.split == "test")
@@ -464,6 +497,7 @@ def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache
         "errors": errors,
         "seconds": time.perf_counter() - started,
         "cached": cached,
+        "decoded": decoded,
         "images": len(entries),
         "seed": seed,
         "val_fraction": val_fraction,

@@ -105,13 +105,13 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         return config
 
     def _check(self, configs: list[JobConfig]) -> dict[str, Any]:
-        """Check each distinct dataset / split of the jobs (FAILED_PRECONDITION when one is pointless);
-        returns the first report."""
+        """Header-level check of each distinct dataset / split of the jobs (FAILED_PRECONDITION when one is
+        pointless); returns the first report. The worker makes the full (decoding) pass."""
         reports: dict[tuple[str, int, float], dict[str, Any]] = {}
         for config in configs:
             key = (config.dataset_path, config.recipe.seed, config.recipe.val_fraction)
             if key not in reports:
-                check = check_dataset(Path(key[0]), seed=key[1], val_fraction=key[2],
+                check = check_dataset(Path(key[0]), seed=key[1], val_fraction=key[2], decode=False,
                                       cache_dir=Path(self.settings.common.cache_dir))
                 check.raise_for_errors()
                 reports[key] = check.report

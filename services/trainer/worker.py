@@ -262,6 +262,7 @@ class Worker:
         root = Path(config.dataset_path)
         check = check_dataset(root, seed=config.recipe.seed, val_fraction=config.recipe.val_fraction,
                               cache_dir=Path(common.cache_dir))
+        self._record_check(record, check.report)
         check.raise_for_errors()
         options = FitOptions(job_id=record.job_id, checkpoint_root=Path(self.settings.checkpoint_dir),
                              cache_dir=Path(common.cache_dir), device=self.device,
@@ -281,6 +282,14 @@ class Worker:
             "seconds": result.seconds,
             "cosine_to_initial": result.cosine_to_initial,
         }
+
+    def _record_check(self, record: JobRecord, report: dict[str, Any]) -> None:
+        """Store the full check with the job; its findings the submit-time pass had not made become events."""
+        self.queue.update(record.job_id, dataset_report=report)
+        known = set(record.dataset_report.get("warnings", []))
+        for text in [*report["warnings"], *report["errors"]]:
+            if text not in known:
+                self._message(record.job_id, f"dataset check: {text}")
 
     # -- endings --------------------------------------------------------------------------------
     def _finish(self, claim: Claim, record: JobRecord, state: str, *, error: str = "",

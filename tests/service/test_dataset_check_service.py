@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import cv2
 import grpc
 import pytest
 
@@ -40,41 +41,54 @@ def test_check_and_submit_report_duplicates_and_test_metrics_without_them(harnes
     h = harness
     dataset = make_dataset(h.settings, train_per_class=12, test_per_class=4)
     _leak(dataset, 2)
+    source = dataset / "train" / "def_front" / "def_0011.png"
+    recoded = cv2.imencode(".jpg", cv2.imread(str(source)), [cv2.IMWRITE_JPEG_QUALITY, 92])[1].tobytes()
+    (dataset / "test" / "def_front" / "near_copy.jpg").write_bytes(recoded)
     (dataset / "train" / "ok_front" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
 
-    report = h.stub.CheckDataset(trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset)))
-    assert list(report.classes) == ["def_front", "ok_front"] and report.images == 12 * 2 + 1 + 4 * 2 + 4
-    assert report.exact_duplicates.test_files_in_train == 4 and report.test_after_dedup == 8
-    assert report.unreadable_count == 1 and report.unreadable[0].path == "train/ok_front/zz_corrupt.png"
-    assert [v.value for v in report.channels] == ["1"] and [v.value for v in report.bit_depths] == ["8"]
-    assert report.width.min == report.width.max == 32 and not report.errors
-
+    # SubmitJob: the header-level pass (exact copies, headers, truncation), quick
     spec = job_spec(dataset, name="dedup", epochs=1)
     submitted = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=spec))
-    assert submitted.dataset_report.exact_duplicates.groups == 4
-    assert submitted.dataset_report.cached  # the facts CheckDataset found were reused
+    header = submitted.dataset_report
+    assert not header.decoded and header.exact_duplicates.groups == 4 and header.near_duplicates.groups == 0
+    assert header.unreadable_count == 1 and header.test_after_dedup == 9
+    stored = h.stub.GetJob(trainer_pb2.GetJobRequest(job_id=submitted.job_id)).dataset_report
+    assert list(stored.warnings) == list(header.warnings)
+
+    # CheckDataset: the full pass (decodes: near duplicates too)
+    report = h.stub.CheckDataset(trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset)))
+    assert report.decoded and list(report.classes) == ["def_front", "ok_front"]
+    assert report.images == 12 * 2 + 1 + 4 * 2 + 4 + 1
+    assert report.exact_duplicates.test_files_in_train == 4 and report.near_duplicates.test_files_in_train == 1
+    assert report.test_after_dedup == 8
+    assert report.unreadable_count == 1 and report.unreadable[0].path == "train/ok_front/zz_corrupt.png"
+    assert [v.value for v in report.channels] == ["1", "3"] and [v.value for v in report.bit_depths] == ["8"]
+    assert report.width.min == report.width.max == 32 and not report.errors
+
     dropping = trainer_pb2.JobSpec()
     dropping.CopyFrom(spec)
     dropping.model_name, dropping.drop_test_duplicates = "dropped", True
     dropped = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=dropping))
-    stored = h.stub.GetJob(trainer_pb2.GetJobRequest(job_id=submitted.job_id)).dataset_report
-    assert stored.test_after_dedup == 8 and list(stored.warnings) == list(submitted.dataset_report.warnings)
+    assert dropped.dataset_report.cached and dropped.dataset_report.decoded  # CheckDataset's facts reused
 
     with h.running_worker():
         job = h.wait_state(submitted.job_id, {"SUCCEEDED", "FAILED"}, timeout=120)
         other = h.wait_state(dropped.job_id, {"SUCCEEDED", "FAILED"}, timeout=120)
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert other.state == trainer_pb2.JOB_STATE_SUCCEEDED, other.error
+    assert job.dataset_report.decoded and job.dataset_report.test_after_dedup == 8  # the worker's full pass
     messages = _messages(h, submitted.job_id)
     assert any(m.startswith("dataset check:") and "exact duplicates" in m for m in messages)
     assert any(m.startswith("dataset check:") and "unreadable" in m for m in messages)
+    assert any(m.startswith("dataset check:") and "near duplicates" in m for m in messages)  # from the worker
 
     metrics = _metrics(job)
-    assert metrics["test"].samples == 12 and metrics["test_dedup"].samples == 8
+    assert metrics["test"].samples == 13 and metrics["test_dedup"].samples == 8
     metrics = _metrics(other)
     assert metrics["test"].samples == 8 and "test_dedup" not in metrics
     manifest = json.loads(h.stub.GetModel(trainer_pb2.GetModelRequest(model=job.result.model)).manifest_json)
     assert manifest["dataset_check"]["exact_duplicates"]["test_files_in_train"] == 4
+    assert manifest["dataset_check"]["near_duplicates"]["test_files_in_train"] == 1
     assert manifest["ok_classes"] == ["ok_front"] and manifest["recipe"]["drop_test_duplicates"] is False
 
 

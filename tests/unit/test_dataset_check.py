@@ -160,3 +160,23 @@ def test_a_class_of_only_unreadable_files_is_invalid(tmp_path: Path) -> None:
         path.write_bytes(b"not an image at all")
     with pytest.raises(InvalidArgument, match="class 'ok' has no readable image"):
         check_dataset(root)
+
+
+def test_header_level_pass_finds_exact_copies_and_truncation_without_decoding(tmp_path: Path) -> None:
+    root = _dataset(tmp_path / "ds", per_class=4, test_per_class=2)
+    shutil.copy(root / "train/def/def_000.png", root / "test/def/copy.png")
+    img = cv2.imread(str(root / "train/ok/ok_001.png"), cv2.IMREAD_GRAYSCALE)
+    _write(root / "test/ok/near", img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 90])
+    good = (root / "train/ok/ok_000.png").read_bytes()
+    (root / "train/ok/cut.png").write_bytes(good[: len(good) // 2])
+    header = check_dataset(root, cache_dir=tmp_path / "cache", decode=False)
+    r = header.report
+    assert not r["decoded"] and r["exact_duplicates"]["test_files_in_train"] == 1
+    assert r["near_duplicates"]["groups"] == 0 and r["grey_colour_images"] == 0  # need pixels
+    assert r["unreadable"][0]["path"] == "train/ok/cut.png" and "truncated" in r["unreadable"][0]["reason"]
+    assert any(w.startswith("header-level check") for w in r["warnings"])
+    full = check_dataset(root, cache_dir=tmp_path / "cache")
+    assert full.report["decoded"] and not full.report["cached"]  # header facts do not answer a full request
+    assert full.test_duplicates == {"test/def/copy.png", "test/ok/near.jpg"}
+    again = check_dataset(root, cache_dir=tmp_path / "cache", decode=False)
+    assert again.report["cached"] and again.report["decoded"]  # cached full facts do answer a header request

@@ -492,7 +492,7 @@ class DuplicateGroup(_message.Message):
     def __init__(self, exact: _Optional[bool] = ..., max_distance: _Optional[int] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., cross_split: _Optional[bool] = ..., conflicting_labels: _Optional[bool] = ...) -> None: ...
 
 class DatasetReport(_message.Message):
-    __slots__ = ("dataset_path", "classes", "splits", "imbalance_ratio", "sizes", "width", "height", "aspect_ratio", "channels", "bit_depths", "formats", "grey_colour_images", "unreadable_count", "unreadable", "exact_duplicates", "near_duplicates", "duplicate_groups", "near_duplicate_bits", "test_after_dedup", "warnings", "errors", "seconds", "cached", "images", "seed", "val_fraction")
+    __slots__ = ("dataset_path", "classes", "splits", "imbalance_ratio", "sizes", "width", "height", "aspect_ratio", "channels", "bit_depths", "formats", "grey_colour_images", "unreadable_count", "unreadable", "exact_duplicates", "near_duplicates", "duplicate_groups", "near_duplicate_bits", "test_after_dedup", "warnings", "errors", "seconds", "cached", "images", "seed", "val_fraction", "decoded")
     DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
     CLASSES_FIELD_NUMBER: _ClassVar[int]
     SPLITS_FIELD_NUMBER: _ClassVar[int]
@@ -519,6 +519,7 @@ class DatasetReport(_message.Message):
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
     dataset_path: str
     classes: _containers.RepeatedScalarFieldContainer[str]
     splits: _containers.RepeatedCompositeFieldContainer[SplitCounts]
@@ -545,7 +546,8 @@ class DatasetReport(_message.Message):
     images: int
     seed: int
     val_fraction: float
-    def __init__(self, dataset_path: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitCounts, _Mapping]]] = ..., imbalance_ratio: _Optional[float] = ..., sizes: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., width: _Optional[_Union[Spread, _Mapping]] = ..., height: _Optional[_Union[Spread, _Mapping]] = ..., aspect_ratio: _Optional[_Union[Spread, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., bit_depths: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., formats: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., grey_colour_images: _Optional[int] = ..., unreadable_count: _Optional[int] = ..., unreadable: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., exact_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., near_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., duplicate_groups: _Optional[_Iterable[_Union[DuplicateGroup, _Mapping]]] = ..., near_duplicate_bits: _Optional[int] = ..., test_after_dedup: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., images: _Optional[int] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ...) -> None: ...
+    decoded: bool
+    def __init__(self, dataset_path: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitCounts, _Mapping]]] = ..., imbalance_ratio: _Optional[float] = ..., sizes: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., width: _Optional[_Union[Spread, _Mapping]] = ..., height: _Optional[_Union[Spread, _Mapping]] = ..., aspect_ratio: _Optional[_Union[Spread, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., bit_depths: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., formats: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., grey_colour_images: _Optional[int] = ..., unreadable_count: _Optional[int] = ..., unreadable: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., exact_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., near_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., duplicate_groups: _Optional[_Iterable[_Union[DuplicateGroup, _Mapping]]] = ..., near_duplicate_bits: _Optional[int] = ..., test_after_dedup: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., images: _Optional[int] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ..., decoded: _Optional[bool] = ...) -> None: ...
 
 class CheckDatasetRequest(_message.Message):
     __slots__ = ("dataset_path", "seed", "val_fraction")
