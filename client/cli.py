@@ -186,6 +186,10 @@ def train_submit(
     alias: Annotated[list[str] | None, typer.Option(help="Aliases to point at the result.")] = None,
     idempotency_key: str = "",
     watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
+    ok_class: Annotated[list[str] | None, typer.Option(help="A class meaning not defective (repeat for several); "
+                                                            "default: guessed from the class names.")] = None,
+    drop_test_duplicates: Annotated[bool, typer.Option(help="Leave test images that copy training images out "
+                                                             "of the test split.")] = False,
 ) -> None:
     """Submit a fine-tuning job."""
     recipe = trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, augment=augment)
@@ -193,10 +197,13 @@ def train_submit(
         recipe.head_lr = head_lr
     spec = trainer_pb2.JobSpec(model_name=name, architecture=architecture, weights=_weights(weights),
                                dataset_path=str(dataset.resolve()), freeze=_freeze(freeze), recipe=recipe,
-                               publish_aliases=alias or [])
+                               publish_aliases=alias or [], ok_classes=ok_class or [],
+                               drop_test_duplicates=drop_test_duplicates)
     client = TrainerClient(Endpoints.from_env().trainer)
     response = client.submit(spec, idempotency_key=idempotency_key)
     console.print(f"job {response.job_id}" + (" (deduplicated)" if response.deduplicated else ""))
+    for warning in response.dataset_report.warnings:
+        console.print(f"[yellow]dataset check:[/yellow] {warning}")
     if watch:
         _watch(client, response.job_id)
 
@@ -259,6 +266,60 @@ def models_alias(name: str, alias: str, version: int) -> None:
     console.print(f"{info.name} v{info.version}: aliases {list(info.aliases)}")
 
 
+# -- datasets -----------------------------------------------------------------------------------------
+dataset_app = typer.Typer(help="Datasets: what the trainer will see.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+def _print_dataset_report(report: trainer_pb2.DatasetReport) -> None:
+    table = Table("split", *report.classes, "images", title=f"{report.dataset_path} ({report.images} images, "
+                  f"{report.seconds:.1f} s{', cached' if report.cached else ''})")
+    for row in report.splits:
+        table.add_row(row.split, *(str(c.count) for c in row.classes), str(row.images))
+    console.print(table)
+
+    def values(items) -> str:
+        return ", ".join(f"{v.value} ×{v.count}" for v in items)
+
+    console.print(f"imbalance (largest / smallest class): {report.imbalance_ratio:.2f}")
+    console.print(f"sizes: {values(report.sizes)}; aspect ratio {report.aspect_ratio.min:.2f}–"
+                  f"{report.aspect_ratio.max:.2f}")
+    console.print(f"formats: {values(report.formats)}; channels: {values(report.channels)}; "
+                  f"bit depths: {values(report.bit_depths)}; grey pixels stored as colour: {report.grey_colour_images}")
+    for kind, dup in (("exact", report.exact_duplicates), (f"near (≤ {report.near_duplicate_bits} bits)",
+                                                           report.near_duplicates)):
+        console.print(f"{kind} duplicates: {dup.groups} groups, {dup.redundant_files} redundant files, "
+                      f"{dup.cross_split_groups} across splits, {dup.conflicting_groups} with conflicting labels; "
+                      f"test files also in train/val: {dup.test_files_in_train}, val: {dup.val_files_in_train}")
+    console.print(f"test images without copies of train/val images: {report.test_after_dedup}")
+    console.print(f"unreadable files: {report.unreadable_count}")
+    for item in report.unreadable[:10]:
+        console.print(f"  {item.path}: {item.reason}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    for error in report.errors:
+        console.print(f"[red]error:[/red] {error}")
+
+
+@dataset_app.command("check")
+@_grpc_errors
+def dataset_check(
+    dataset: Annotated[Path, typer.Argument(help="ImageFolder root with train/ (and test/).")],
+    seed: Annotated[int, typer.Option(help="The job's recipe.seed (decides the train / val split).")] = 0,
+    val_fraction: Annotated[float | None, typer.Option(help="The job's recipe.val_fraction (default 0.1).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """The check a training job gets at submit time, without training: counts, sizes, duplicates, problems."""
+    report = TrainerClient(Endpoints.from_env().trainer).check_dataset(dataset.resolve(), seed=seed,
+                                                                       val_fraction=val_fraction)
+    if as_json:
+        console.print_json(json.dumps(to_dict(report)))
+    else:
+        _print_dataset_report(report)
+    if report.errors:
+        raise typer.Exit(1)
+
+
 # -- verdicts and explanations ----------------------------------------------------------------------
 @app.command()
 @_grpc_errors
@@ -276,8 +337,9 @@ def classify(
         if as_json:
             console.print_json(json.dumps({"file": str(path), **to_dict(verdict)}))
         else:
-            word = "[red]DEFECTIVE[/red]" if verdict.defective else "[green]ok[/green]"
+            word = f"[red]DEFECTIVE ({verdict.defect_type})[/red]" if verdict.defective else "[green]ok[/green]"
             console.print(f"{path}: {word} p(defect)={verdict.defect_probability:.4f} "
+                          f"class {verdict.predicted_class} "
                           f"(threshold {verdict.threshold:.2f}, {verdict.model.name} v{verdict.model.version}, "
                           f"{verdict.timing.total_ms:.1f} ms)")
 

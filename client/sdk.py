@@ -122,6 +122,14 @@ class TrainerClient:
     def set_alias(self, name: str, alias: str, version: int) -> common_pb2.ModelInfo:
         return self.stub.SetAlias(trainer_pb2.SetAliasRequest(name=name, alias=alias, version=version))
 
+    def check_dataset(self, dataset_path: str | Path, *, seed: int = 0,
+                      val_fraction: float | None = None) -> trainer_pb2.DatasetReport:
+        """The dataset check a job gets at submit time, without training (the path as the trainer sees it)."""
+        request = trainer_pb2.CheckDatasetRequest(dataset_path=str(dataset_path), seed=seed)
+        if val_fraction is not None:
+            request.val_fraction = val_fraction
+        return self.stub.CheckDataset(request)
+
     def close(self) -> None:
         self.channel.close()
 

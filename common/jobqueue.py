@@ -64,6 +64,7 @@ class JobRecord(BaseModel):
     child_job_ids: list[str] = Field(default_factory=list)
     checkpoint_epoch: int = 0
     idempotency_key: str = ""
+    dataset_report: dict[str, Any] = Field(default_factory=dict)  # proto3-JSON DatasetReport from submit time
 
 
 @dataclass

@@ -72,7 +72,16 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     cosine_to_initial: float | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # Classes meaning "not defective"; empty (manifests before several classes): every class but defect_class.
+    ok_classes: list[str] = Field(default_factory=list)
+    dataset_check: dict[str, Any] = Field(default_factory=dict)  # the trainer's DatasetReport (proto3 JSON)
 
     @property
     def defect_index(self) -> int:
         return self.classes.index(self.defect_class)
+
+    @property
+    def defect_indices(self) -> list[int]:
+        """Logit positions of the defect types: a part is defective when it is not of an ok class."""
+        ok = set(self.ok_classes) if self.ok_classes else set(self.classes) - {self.defect_class}
+        return [i for i, c in enumerate(self.classes) if c not in ok]

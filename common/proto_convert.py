@@ -73,4 +73,5 @@ def manifest_to_info(manifest: Manifest, aliases: list[str]) -> common_pb2.Model
         job_id=manifest.job_id,
         created_at=manifest.created_at,
         manifest_json=manifest.model_dump_json(),
+        ok_classes=[c for i, c in enumerate(manifest.classes) if i not in set(manifest.defect_indices)],
     )

@@ -60,6 +60,7 @@ class LoadedModel:
         self.batcher = batcher
         self.loaded_at = time.time()
         self.defect_index = manifest.defect_index
+        self.defect_indices = manifest.defect_indices
         self._users = 0
         self._retired = False
 

@@ -218,7 +218,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def _verdict(self, p: _Pending, out: BatchOutput) -> classifier_pb2.Verdict:
         manifest = p.model.manifest
         probs = _softmax(out.logits)
-        defect_p = float(probs[p.model.defect_index])
+        defects = p.model.defect_indices  # defective = not an ok class; binary: the one defect class
+        defect_p = float(probs[defects].sum()) if len(defects) > 1 else float(probs[defects[0]])
+        defect_type = manifest.classes[defects[int(np.argmax(probs[defects]))]]
         threshold = self._thresholds.get(manifest.name)
         defective = defect_p >= threshold
         classes = manifest.classes
@@ -257,6 +259,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             image_sha256=p.sha256,
             request_id=p.request_id,
             backend=p.model.backend.name,
+            defect_type=defect_type,
         )
 
     # -- stream -----------------------------------------------------------------------------------

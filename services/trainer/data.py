@@ -10,7 +10,7 @@ batches as an uninterrupted one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -151,6 +151,8 @@ class PreparedData:
     fingerprint: str
     in_memory: bool
     counts: dict[str, int] = field(default_factory=dict)
+    # The test split without copies of train / val images (set only when some test images are such copies).
+    test_dedup: BatchSource | None = None
 
     def unreadable(self) -> int:
         sources = [self.train, self.val] + ([self.test] if self.test is not None else [])
@@ -159,8 +161,13 @@ class PreparedData:
 
 def prepare_data(root: Path, *, image_size: int, batch_size: int, val_fraction: float, seed: int,
                  augment: bool, loader_workers: int, cache_dir: Path | None,
-                 in_memory_bytes: int = DEFAULT_IN_MEMORY_BYTES) -> PreparedData:
-    """Discover, split (seeded, stratified), compute train-split mean/std, and build the batch sources."""
+                 in_memory_bytes: int = DEFAULT_IN_MEMORY_BYTES, test_duplicates: Collection[str] = (),
+                 drop_test_duplicates: bool = False) -> PreparedData:
+    """Discover, split (seeded, stratified), compute train-split mean/std, and build the batch sources.
+
+    ``test_duplicates``: paths of test images that copy train / val images (the dataset check's). They are
+    dropped from the test split with ``drop_test_duplicates``, else also evaluated without as ``test_dedup``.
+    """
     folder = discover(root)
     train_samples, val_samples = split_train_val(folder.train, val_fraction=val_fraction, seed=seed)
     if not val_samples:
@@ -168,7 +175,16 @@ def prepare_data(root: Path, *, image_size: int, batch_size: int, val_fraction: 
     fingerprint = dataset_fingerprint(root)
     mean, std = channel_mean_std(train_samples, image_size, cache_dir, fingerprint)
     std = [max(s, 1e-6) for s in std]  # a constant channel would divide by zero
-    splits: dict[str, list[Sample]] = {"train": train_samples, "val": val_samples, "test": folder.test}
+    test_samples, dedup_samples = folder.test, []
+    if test_duplicates:
+        duplicates = set(test_duplicates)
+        kept = [s for s in folder.test if str(s.path) not in duplicates]
+        if drop_test_duplicates:
+            test_samples = kept
+        elif len(kept) < len(folder.test):
+            dedup_samples = kept
+    splits: dict[str, list[Sample]] = {"train": train_samples, "val": val_samples, "test": test_samples,
+                                       "test_dedup": dedup_samples}
     total = sum(len(s) for s in splits.values())
     in_memory = total * 3 * image_size * image_size * 4 <= in_memory_bytes
     augmenter = BatchAugmenter(Augment(), mean, std) if augment else None
@@ -190,11 +206,13 @@ def prepare_data(root: Path, *, image_size: int, batch_size: int, val_fraction: 
             sources[name] = LoaderSource(dataset, batch_size, seed, loader_workers)
     train, val = sources["train"], sources["val"]
     assert train is not None and val is not None
-    log.info("dataset %s: %d classes, train %d / val %d / test %d images, %s, mean %s std %s",
-             root, len(folder.classes), len(train_samples), len(val_samples), len(folder.test),
+    log.info("dataset %s: %d classes, train %d / val %d / test %d (%d without copies of train) images, %s, "
+             "mean %s std %s", root, len(folder.classes), len(train_samples), len(val_samples), len(test_samples),
+             len(dedup_samples or test_samples),
              "in memory" if in_memory else "streamed", [round(m, 4) for m in mean], [round(s, 4) for s in std])
     return PreparedData(
         classes=folder.classes, train=train, val=val, test=sources["test"], mean=mean, std=std,
         image_size=image_size, fingerprint=fingerprint, in_memory=in_memory,
-        counts={name: len(samples) for name, samples in splits.items()},
+        counts={name: len(samples) for name, samples in splits.items() if samples or name != "test_dedup"},
+        test_dedup=sources["test_dedup"],
     )

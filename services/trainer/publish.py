@@ -43,6 +43,7 @@ def build_manifest(config: JobConfig, result: FitResult, job_id: str) -> Manifes
         "seconds": round(result.seconds, 3),
         "resumed_from_epoch": result.resumed_from_epoch,
         "dataset_path": config.dataset_path,
+        "drop_test_duplicates": config.drop_test_duplicates,
     })
     return Manifest(
         name=config.model_name,
@@ -62,6 +63,8 @@ def build_manifest(config: JobConfig, result: FitResult, job_id: str) -> Manifes
         job_id=job_id,
         cosine_to_initial=result.cosine_to_initial,
         labels=dict(config.labels),
+        ok_classes=list(config.ok_classes),
+        dataset_check=dict(result.extra.get("dataset_check", {})),
     )
 
 

@@ -210,7 +210,8 @@ class DataParallel(Parallelism):
         rank, world = self.group.rank, self.group.world
         return dataclasses.replace(
             data, train=shard_source(data.train, rank, world), val=shard_source(data.val, rank, world),
-            test=None if data.test is None else shard_source(data.test, rank, world))
+            test=None if data.test is None else shard_source(data.test, rank, world),
+            test_dedup=None if data.test_dedup is None else shard_source(data.test_dedup, rank, world))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         # Per-rank BatchNorm statistics would make a step differ from the single-process one; SyncBatchNorm

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,7 @@ import torch
 from google.protobuf import json_format
 
 from common.errors import InvalidArgument
-from common.jobqueue import TERMINAL, Event, JobQueue, JobRecord
+from common.jobqueue import QUEUED, TERMINAL, Event, JobQueue, JobRecord
 from common.manifest import Manifest
 from common.metrics import cosine_similarity
 from common.models.zoo import build_model
@@ -24,8 +25,9 @@ from common.proto_convert import manifest_to_info
 from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer.dataset_check import check_dataset
 from services.trainer.optim import validate_group_lr
-from services.trainer.spec import parse_job_spec
+from services.trainer.spec import DEFAULT_VAL_FRACTION, JobConfig, inspect_dataset, parse_job_spec
 from services.trainer.sweep import expand_sweep
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ def job_to_proto(record: JobRecord) -> trainer_pb2.Job:
         _parse(record.progress, job.progress)
     if record.result:
         job.result.CopyFrom(_result_to_proto(record.result))
+    if record.dataset_report:
+        _parse(record.dataset_report, job.dataset_report)
     return job
 
 
@@ -95,9 +99,30 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.registry = registry
 
     # -- jobs -------------------------------------------------------------------------------------
-    def _validate(self, spec: dict[str, Any]) -> None:
+    def _validate(self, spec: dict[str, Any]) -> JobConfig:
         config = parse_job_spec(spec, self.settings.common.data_roots)
         validate_group_lr(config)
+        return config
+
+    def _check(self, configs: list[JobConfig]) -> dict[str, Any]:
+        """Header-level check of each distinct dataset / split of the jobs (FAILED_PRECONDITION when one is
+        pointless); returns the first report. The worker makes the full (decoding) pass."""
+        reports: dict[tuple[str, int, float], dict[str, Any]] = {}
+        for config in configs:
+            key = (config.dataset_path, config.recipe.seed, config.recipe.val_fraction)
+            if key not in reports:
+                check = check_dataset(Path(key[0]), seed=key[1], val_fraction=key[2], decode=False,
+                                      cache_dir=Path(self.settings.common.cache_dir))
+                check.raise_for_errors()
+                reports[key] = check.report
+        return next(iter(reports.values()))
+
+    def _record_report(self, job_ids: list[str], report: dict[str, Any]) -> None:
+        """Store the report with the jobs and emit its warnings as their first events."""
+        for job_id in job_ids:
+            self.queue.update(job_id, dataset_report=report)
+            for warning in report["warnings"]:
+                self.queue.emit(job_id, "message", {"message": f"dataset check: {warning}"}, QUEUED)
 
     def SubmitJob(self, request: trainer_pb2.SubmitJobRequest, context: grpc.ServicerContext) -> Any:
         kind = request.WhichOneof("kind")
@@ -110,19 +135,33 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         max_attempts = request.max_attempts or self.settings.max_attempts
         if kind == "job":
             spec = json_format.MessageToDict(request.job, preserving_proto_field_name=True)
-            self._validate(spec)
+            report = self._check([self._validate(spec)])
             record, dedup = self.queue.submit(spec=spec, max_attempts=max_attempts,
                                               idempotency_key=request.idempotency_key)
         else:
             sweep = json_format.MessageToDict(request.sweep, preserving_proto_field_name=True)
             children = expand_sweep(sweep)
-            for child in children:
-                self._validate(child)
+            report = self._check([self._validate(child) for child in children])
             record, dedup = self.queue.submit(sweep=sweep, children=children, max_attempts=max_attempts,
                                               idempotency_key=request.idempotency_key)
+        if not dedup:
+            self._record_report([record.job_id, *record.child_job_ids], report)
         log.info("job %s %s (%s)", record.job_id, "deduplicated" if dedup else "submitted", kind)
-        return trainer_pb2.SubmitJobResponse(job_id=record.job_id, deduplicated=dedup,
-                                             child_job_ids=record.child_job_ids)
+        response = trainer_pb2.SubmitJobResponse(job_id=record.job_id, deduplicated=dedup,
+                                                 child_job_ids=record.child_job_ids)
+        _parse(report, response.dataset_report)
+        return response
+
+    def CheckDataset(self, request: trainer_pb2.CheckDatasetRequest, context: grpc.ServicerContext) -> Any:
+        if not request.dataset_path:
+            raise InvalidArgument("dataset_path is required")
+        val_fraction = request.val_fraction if request.HasField("val_fraction") else DEFAULT_VAL_FRACTION
+        if not 0.0 < val_fraction <= 0.5:
+            raise InvalidArgument(f"val_fraction must be in (0, 0.5], got {val_fraction:g}")
+        root, _folder = inspect_dataset(request.dataset_path, self.settings.common.data_roots)
+        check = check_dataset(root, seed=request.seed, val_fraction=val_fraction,
+                              cache_dir=Path(self.settings.common.cache_dir))
+        return _parse(check.report, trainer_pb2.DatasetReport())
 
     def GetJob(self, request: trainer_pb2.GetJobRequest, context: grpc.ServicerContext) -> Any:
         return job_to_proto(self.queue.get(_job_id(request.job_id)))

@@ -26,6 +26,7 @@ from common.models.weights import LITE0_PYPI, LITE0_TIMM_NAME
 from common.models.zoo import ArchSpec, get_spec
 from common.paths import resolve_under_roots
 from common.registry import check_name
+from services.trainer.class_roles import resolve_class_roles
 from services.trainer.runtime import check_devices
 
 # Thesis recipe (DESIGN.md): CrossEntropy, Adam lr 2e-5, weight decay 2.5e-4, 6 epochs, batch 32.
@@ -97,6 +98,8 @@ class JobConfig(BaseModel):
     publish_aliases: list[str] = Field(default_factory=list)
     defect_class: str = ""  # empty until the dataset's classes are known
     labels: dict[str, str] = Field(default_factory=dict)
+    ok_classes: list[str] = Field(default_factory=list)  # resolved with the classes (services.trainer.class_roles)
+    drop_test_duplicates: bool = False
 
 
 # -- small readers -----------------------------------------------------------------------------
@@ -233,15 +236,6 @@ def parse_recipe(data: Mapping[str, Any] | None, arch: ArchSpec) -> RecipeConfig
     )
 
 
-def resolve_defect_class(classes: Sequence[str], requested: str) -> str:
-    """The requested class (must exist), else the first class starting with "def", else the first class."""
-    if requested:
-        if requested not in classes:
-            raise InvalidArgument(f"defect_class {requested!r} is not a class of the dataset {list(classes)}")
-        return requested
-    return next((c for c in classes if c.lower().startswith("def")), classes[0])
-
-
 def inspect_dataset(path: str, data_roots: Sequence[Path]) -> tuple[Path, ImageFolder]:
     """Resolve the dataset under the data roots and discover it (empty / single-class sets are rejected)."""
     if not path:
@@ -261,7 +255,7 @@ def parse_job_spec(data: Mapping[str, Any], data_roots: Sequence[Path], *, check
 
     Raises:
         InvalidArgument: unknown architecture, absurd hyperparameters, bad names, empty or
-            single-class dataset, unknown defect class.
+            single-class dataset, unknown defect or ok classes.
         PermissionDenied: dataset (or weights file) outside the data roots.
         NotFound: dataset (or weights file) missing.
     """
@@ -283,10 +277,11 @@ def parse_job_spec(data: Mapping[str, Any], data_roots: Sequence[Path], *, check
                               f"({LITE0_TIMM_NAME}) only, not {architecture!r}")
     dataset_path = str(data.get("dataset_path", "")).strip()
     defect_class = str(data.get("defect_class", "")).strip()
+    ok_classes = [str(c).strip() for c in data.get("ok_classes", [])]
     if check_dataset:
         root, folder = inspect_dataset(dataset_path, data_roots)
         dataset_path = str(root)
-        defect_class = resolve_defect_class(folder.classes, defect_class)
+        defect_class, ok_classes = resolve_class_roles(folder.classes, defect_class, ok_classes)
     elif not dataset_path:
         raise InvalidArgument("dataset_path is required")
     return JobConfig(
@@ -299,4 +294,6 @@ def parse_job_spec(data: Mapping[str, Any], data_roots: Sequence[Path], *, check
         publish_aliases=aliases,
         defect_class=defect_class,
         labels=labels,
+        ok_classes=ok_classes,
+        drop_test_duplicates=bool(data.get("drop_test_duplicates", False)),
     )

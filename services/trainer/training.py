@@ -34,10 +34,11 @@ from common.models.freeze import FreezeReport, apply_freeze, train_mode
 from common.models.weights import load_initial_weights
 from common.models.zoo import ArchSpec, build_model, get_spec
 from services.trainer import checkpoints
+from services.trainer.class_roles import resolve_defect_class
 from services.trainer.data import DEFAULT_IN_MEMORY_BYTES, BatchSource, PreparedData, prepare_data
 from services.trainer.optim import LrSchedule, build_optimizer
 from services.trainer.runtime import Runtime, resolve_runtime
-from services.trainer.spec import JobConfig, resolve_defect_class
+from services.trainer.spec import JobConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,7 @@ class FitOptions:
     cache_dir: Path | None = None  # dataset statistics cache
     device: str | None = None  # None: CUDA when available, else CPU
     in_memory_bytes: int = DEFAULT_IN_MEMORY_BYTES
+    test_duplicates: frozenset[str] = frozenset()  # test image paths that copy train / val ones (dataset check)
 
 
 @dataclass
@@ -346,6 +348,7 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         Path(config.dataset_path), image_size=recipe.image_size, batch_size=recipe.batch_size,
         val_fraction=recipe.val_fraction, seed=recipe.seed, augment=recipe.augment,
         loader_workers=recipe.loader_workers, cache_dir=options.cache_dir, in_memory_bytes=options.in_memory_bytes,
+        test_duplicates=options.test_duplicates, drop_test_duplicates=config.drop_test_duplicates,
     )
     data = parallel.shard(data)
     defect_class = resolve_defect_class(data.classes, config.defect_class)
@@ -410,6 +413,8 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
     metrics = {"train": chosen["train"], "val": chosen["val"]}
     if data.test is not None:
         metrics["test"] = runner.evaluate(data.test)
+    if data.test_dedup is not None:
+        metrics["test_dedup"] = runner.evaluate(data.test_dedup)
     final = {name: p.detach() for name, p in model.named_parameters()}
     cosine, _compared, _skipped = cosine_similarity(initial, final)
     return FitResult(

@@ -52,6 +52,7 @@ from common.redis_conn import connect, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
 from services.trainer import checkpoints
+from services.trainer.dataset_check import check_dataset
 from services.trainer.distributed import fit_distributed
 from services.trainer.publish import publish
 from services.trainer.spec import parse_job_spec
@@ -253,10 +254,18 @@ class Worker:
         if record.spec is None:
             raise InvalidArgument("the job has no spec (a sweep parent is never run itself)")
         config = parse_job_spec(record.spec, common.data_roots)
+        # Again here: the dataset may have changed since submit (the per-file facts are cached otherwise).
+        root = Path(config.dataset_path)
+        check = check_dataset(root, seed=config.recipe.seed, val_fraction=config.recipe.val_fraction,
+                              cache_dir=Path(common.cache_dir))
+        self._record_check(record, check.report)
+        check.raise_for_errors()
         options = FitOptions(job_id=record.job_id, checkpoint_root=Path(self.settings.checkpoint_dir),
-                             cache_dir=Path(common.cache_dir), device=self.device)
+                             cache_dir=Path(common.cache_dir), device=self.device,
+                             test_duplicates=frozenset(str(root / p) for p in check.test_duplicates))
         run = fit_distributed if config.recipe.devices > 1 else fit  # devices > 1: data-parallel ranks
         result = run(config, options, self._hooks(record.job_id, heartbeat))
+        result.extra["dataset_check"] = check.report
         if heartbeat.lost.is_set() or not self.queue.heartbeat(claim, self.name):  # still ours?
             raise LeaseLost(record.job_id)
         manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id)
@@ -269,6 +278,14 @@ class Worker:
             "seconds": result.seconds,
             "cosine_to_initial": result.cosine_to_initial,
         }
+
+    def _record_check(self, record: JobRecord, report: dict[str, Any]) -> None:
+        """Store the full check with the job; its findings the submit-time pass had not made become events."""
+        self.queue.update(record.job_id, dataset_report=report)
+        known = set(record.dataset_report.get("warnings", []))
+        for text in [*report["warnings"], *report["errors"]]:
+            if text not in known:
+                self._message(record.job_id, f"dataset check: {text}")
 
     # -- endings --------------------------------------------------------------------------------
     def _finish(self, claim: Claim, record: JobRecord, state: str, *, error: str = "",

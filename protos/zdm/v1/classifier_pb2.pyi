@@ -50,7 +50,7 @@ class ItemError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("probabilities", "predicted_class", "defective", "defect_probability", "threshold", "model", "timing", "image_sha256", "request_id", "error", "backend")
+    __slots__ = ("probabilities", "predicted_class", "defective", "defect_probability", "threshold", "model", "timing", "image_sha256", "request_id", "error", "backend", "defect_type")
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
     DEFECTIVE_FIELD_NUMBER: _ClassVar[int]
@@ -62,6 +62,7 @@ class Verdict(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
+    DEFECT_TYPE_FIELD_NUMBER: _ClassVar[int]
     probabilities: _containers.RepeatedCompositeFieldContainer[ClassProbability]
     predicted_class: str
     defective: bool
@@ -73,7 +74,8 @@ class Verdict(_message.Message):
     request_id: str
     error: ItemError
     backend: str
-    def __init__(self, probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., predicted_class: _Optional[str] = ..., defective: _Optional[bool] = ..., defect_probability: _Optional[float] = ..., threshold: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., image_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., backend: _Optional[str] = ...) -> None: ...
+    defect_type: str
+    def __init__(self, probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., predicted_class: _Optional[str] = ..., defective: _Optional[bool] = ..., defect_probability: _Optional[float] = ..., threshold: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., image_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., backend: _Optional[str] = ..., defect_type: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
     __slots__ = ("images", "model", "line_id", "part_ids")

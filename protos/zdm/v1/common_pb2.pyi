@@ -158,7 +158,7 @@ class ExplanationDefaults(_message.Message):
     def __init__(self, method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., normalization: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "aliases", "architecture", "classes", "defect_class", "preprocessing", "freeze", "metrics", "explanation", "dataset_fingerprint", "weights_source", "trainable_params", "total_params", "job_id", "created_at", "manifest_json")
+    __slots__ = ("name", "version", "aliases", "architecture", "classes", "defect_class", "preprocessing", "freeze", "metrics", "explanation", "dataset_fingerprint", "weights_source", "trainable_params", "total_params", "job_id", "created_at", "manifest_json", "ok_classes")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +176,7 @@ class ModelInfo(_message.Message):
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    OK_CLASSES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     aliases: _containers.RepeatedScalarFieldContainer[str]
@@ -193,4 +194,5 @@ class ModelInfo(_message.Message):
     job_id: str
     created_at: float
     manifest_json: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., freeze: _Optional[_Union[FreezePolicy, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[SplitMetrics, _Mapping]]] = ..., explanation: _Optional[_Union[ExplanationDefaults, _Mapping]] = ..., dataset_fingerprint: _Optional[str] = ..., weights_source: _Optional[str] = ..., trainable_params: _Optional[int] = ..., total_params: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[float] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    ok_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., aliases: _Optional[_Iterable[str]] = ..., architecture: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., preprocessing: _Optional[_Union[Preprocessing, _Mapping]] = ..., freeze: _Optional[_Union[FreezePolicy, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[SplitMetrics, _Mapping]]] = ..., explanation: _Optional[_Union[ExplanationDefaults, _Mapping]] = ..., dataset_fingerprint: _Optional[str] = ..., weights_source: _Optional[str] = ..., trainable_params: _Optional[int] = ..., total_params: _Optional[int] = ..., job_id: _Optional[str] = ..., created_at: _Optional[float] = ..., manifest_json: _Optional[str] = ..., ok_classes: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -121,7 +121,7 @@ class Recipe(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., head_lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., group_lr: _Optional[_Mapping[str, float]] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., warmup_epochs: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., image_size: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., val_fraction: _Optional[float] = ..., devices: _Optional[int] = ..., loader_workers: _Optional[int] = ..., max_batches_per_epoch: _Optional[int] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("model_name", "architecture", "weights", "dataset_path", "freeze", "recipe", "publish_aliases", "defect_class", "labels")
+    __slots__ = ("model_name", "architecture", "weights", "dataset_path", "freeze", "recipe", "publish_aliases", "defect_class", "labels", "drop_test_duplicates", "ok_classes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +138,8 @@ class JobSpec(_message.Message):
     PUBLISH_ALIASES_FIELD_NUMBER: _ClassVar[int]
     DEFECT_CLASS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    DROP_TEST_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    OK_CLASSES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     architecture: str
     weights: WeightsSource
@@ -147,7 +149,9 @@ class JobSpec(_message.Message):
     publish_aliases: _containers.RepeatedScalarFieldContainer[str]
     defect_class: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[WeightsSource, _Mapping]] = ..., dataset_path: _Optional[str] = ..., freeze: _Optional[_Union[_common_pb2.FreezePolicy, _Mapping]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., publish_aliases: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    drop_test_duplicates: bool
+    ok_classes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[WeightsSource, _Mapping]] = ..., dataset_path: _Optional[str] = ..., freeze: _Optional[_Union[_common_pb2.FreezePolicy, _Mapping]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., publish_aliases: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., drop_test_duplicates: _Optional[bool] = ..., ok_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SweepArm(_message.Message):
     __slots__ = ("freeze", "lr", "head_lr", "label")
@@ -184,14 +188,16 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, job: _Optional[_Union[JobSpec, _Mapping]] = ..., sweep: _Optional[_Union[SweepSpec, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., max_attempts: _Optional[int] = ...) -> None: ...
 
 class SubmitJobResponse(_message.Message):
-    __slots__ = ("job_id", "deduplicated", "child_job_ids")
+    __slots__ = ("job_id", "deduplicated", "child_job_ids", "dataset_report")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEDUPLICATED_FIELD_NUMBER: _ClassVar[int]
     CHILD_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_REPORT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     deduplicated: bool
     child_job_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., deduplicated: _Optional[bool] = ..., child_job_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    dataset_report: DatasetReport
+    def __init__(self, job_id: _Optional[str] = ..., deduplicated: _Optional[bool] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., dataset_report: _Optional[_Union[DatasetReport, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("epoch", "epochs", "batch", "batches", "loss", "images_per_second", "eta_seconds")
@@ -262,7 +268,7 @@ class JobResult(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.SplitMetrics, _Mapping]]] = ..., epochs_run: _Optional[int] = ..., seconds: _Optional[float] = ..., cosine_to_initial: _Optional[float] = ..., sweep: _Optional[_Iterable[_Union[SweepRow, _Mapping]]] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "state", "spec", "sweep", "attempt", "max_attempts", "worker", "created_at", "started_at", "finished_at", "error", "progress", "result", "trainable_params", "total_params", "unreadable_images", "parent_job_id", "child_job_ids", "checkpoint_epoch")
+    __slots__ = ("job_id", "state", "spec", "sweep", "attempt", "max_attempts", "worker", "created_at", "started_at", "finished_at", "error", "progress", "result", "trainable_params", "total_params", "unreadable_images", "parent_job_id", "child_job_ids", "checkpoint_epoch", "dataset_report")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -282,6 +288,7 @@ class Job(_message.Message):
     PARENT_JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CHILD_JOB_IDS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    DATASET_REPORT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     spec: JobSpec
@@ -301,7 +308,8 @@ class Job(_message.Message):
     parent_job_id: str
     child_job_ids: _containers.RepeatedScalarFieldContainer[str]
     checkpoint_epoch: int
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., sweep: _Optional[_Union[SweepSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., trainable_params: _Optional[int] = ..., total_params: _Optional[int] = ..., unreadable_images: _Optional[int] = ..., parent_job_id: _Optional[str] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., checkpoint_epoch: _Optional[int] = ...) -> None: ...
+    dataset_report: DatasetReport
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec: _Optional[_Union[JobSpec, _Mapping]] = ..., sweep: _Optional[_Union[SweepSpec, _Mapping]] = ..., attempt: _Optional[int] = ..., max_attempts: _Optional[int] = ..., worker: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., error: _Optional[str] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[JobResult, _Mapping]] = ..., trainable_params: _Optional[int] = ..., total_params: _Optional[int] = ..., unreadable_images: _Optional[int] = ..., parent_job_id: _Optional[str] = ..., child_job_ids: _Optional[_Iterable[str]] = ..., checkpoint_epoch: _Optional[int] = ..., dataset_report: _Optional[_Union[DatasetReport, _Mapping]] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "sequence", "timestamp", "state", "progress", "epoch", "message", "finished")
@@ -404,3 +412,149 @@ class CompareModelsResponse(_message.Message):
     compared_tensors: int
     skipped_tensors: int
     def __init__(self, cosine_similarity: _Optional[float] = ..., compared_tensors: _Optional[int] = ..., skipped_tensors: _Optional[int] = ...) -> None: ...
+
+class ClassCount(_message.Message):
+    __slots__ = ("class_name", "count")
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    class_name: str
+    count: int
+    def __init__(self, class_name: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class SplitCounts(_message.Message):
+    __slots__ = ("split", "images", "classes")
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    split: str
+    images: int
+    classes: _containers.RepeatedCompositeFieldContainer[ClassCount]
+    def __init__(self, split: _Optional[str] = ..., images: _Optional[int] = ..., classes: _Optional[_Iterable[_Union[ClassCount, _Mapping]]] = ...) -> None: ...
+
+class ValueCount(_message.Message):
+    __slots__ = ("value", "count")
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    value: str
+    count: int
+    def __init__(self, value: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class Spread(_message.Message):
+    __slots__ = ("min", "max", "median")
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    MEDIAN_FIELD_NUMBER: _ClassVar[int]
+    min: float
+    max: float
+    median: float
+    def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ..., median: _Optional[float] = ...) -> None: ...
+
+class DatasetFile(_message.Message):
+    __slots__ = ("path", "split", "class_name", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    split: str
+    class_name: str
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., split: _Optional[str] = ..., class_name: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DuplicateSummary(_message.Message):
+    __slots__ = ("groups", "redundant_files", "cross_split_groups", "conflicting_groups", "val_files_in_train", "test_files_in_train")
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    REDUNDANT_FILES_FIELD_NUMBER: _ClassVar[int]
+    CROSS_SPLIT_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTING_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    VAL_FILES_IN_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    TEST_FILES_IN_TRAIN_FIELD_NUMBER: _ClassVar[int]
+    groups: int
+    redundant_files: int
+    cross_split_groups: int
+    conflicting_groups: int
+    val_files_in_train: int
+    test_files_in_train: int
+    def __init__(self, groups: _Optional[int] = ..., redundant_files: _Optional[int] = ..., cross_split_groups: _Optional[int] = ..., conflicting_groups: _Optional[int] = ..., val_files_in_train: _Optional[int] = ..., test_files_in_train: _Optional[int] = ...) -> None: ...
+
+class DuplicateGroup(_message.Message):
+    __slots__ = ("exact", "max_distance", "files", "cross_split", "conflicting_labels")
+    EXACT_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    CROSS_SPLIT_FIELD_NUMBER: _ClassVar[int]
+    CONFLICTING_LABELS_FIELD_NUMBER: _ClassVar[int]
+    exact: bool
+    max_distance: int
+    files: _containers.RepeatedCompositeFieldContainer[DatasetFile]
+    cross_split: bool
+    conflicting_labels: bool
+    def __init__(self, exact: _Optional[bool] = ..., max_distance: _Optional[int] = ..., files: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., cross_split: _Optional[bool] = ..., conflicting_labels: _Optional[bool] = ...) -> None: ...
+
+class DatasetReport(_message.Message):
+    __slots__ = ("dataset_path", "classes", "splits", "imbalance_ratio", "sizes", "width", "height", "aspect_ratio", "channels", "bit_depths", "formats", "grey_colour_images", "unreadable_count", "unreadable", "exact_duplicates", "near_duplicates", "duplicate_groups", "near_duplicate_bits", "test_after_dedup", "warnings", "errors", "seconds", "cached", "images", "seed", "val_fraction", "decoded")
+    DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    SPLITS_FIELD_NUMBER: _ClassVar[int]
+    IMBALANCE_RATIO_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    ASPECT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    BIT_DEPTHS_FIELD_NUMBER: _ClassVar[int]
+    FORMATS_FIELD_NUMBER: _ClassVar[int]
+    GREY_COLOUR_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    UNREADABLE_FIELD_NUMBER: _ClassVar[int]
+    EXACT_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    NEAR_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_GROUPS_FIELD_NUMBER: _ClassVar[int]
+    NEAR_DUPLICATE_BITS_FIELD_NUMBER: _ClassVar[int]
+    TEST_AFTER_DEDUP_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    DECODED_FIELD_NUMBER: _ClassVar[int]
+    dataset_path: str
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    splits: _containers.RepeatedCompositeFieldContainer[SplitCounts]
+    imbalance_ratio: float
+    sizes: _containers.RepeatedCompositeFieldContainer[ValueCount]
+    width: Spread
+    height: Spread
+    aspect_ratio: Spread
+    channels: _containers.RepeatedCompositeFieldContainer[ValueCount]
+    bit_depths: _containers.RepeatedCompositeFieldContainer[ValueCount]
+    formats: _containers.RepeatedCompositeFieldContainer[ValueCount]
+    grey_colour_images: int
+    unreadable_count: int
+    unreadable: _containers.RepeatedCompositeFieldContainer[DatasetFile]
+    exact_duplicates: DuplicateSummary
+    near_duplicates: DuplicateSummary
+    duplicate_groups: _containers.RepeatedCompositeFieldContainer[DuplicateGroup]
+    near_duplicate_bits: int
+    test_after_dedup: int
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    seconds: float
+    cached: bool
+    images: int
+    seed: int
+    val_fraction: float
+    decoded: bool
+    def __init__(self, dataset_path: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., splits: _Optional[_Iterable[_Union[SplitCounts, _Mapping]]] = ..., imbalance_ratio: _Optional[float] = ..., sizes: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., width: _Optional[_Union[Spread, _Mapping]] = ..., height: _Optional[_Union[Spread, _Mapping]] = ..., aspect_ratio: _Optional[_Union[Spread, _Mapping]] = ..., channels: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., bit_depths: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., formats: _Optional[_Iterable[_Union[ValueCount, _Mapping]]] = ..., grey_colour_images: _Optional[int] = ..., unreadable_count: _Optional[int] = ..., unreadable: _Optional[_Iterable[_Union[DatasetFile, _Mapping]]] = ..., exact_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., near_duplicates: _Optional[_Union[DuplicateSummary, _Mapping]] = ..., duplicate_groups: _Optional[_Iterable[_Union[DuplicateGroup, _Mapping]]] = ..., near_duplicate_bits: _Optional[int] = ..., test_after_dedup: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., errors: _Optional[_Iterable[str]] = ..., seconds: _Optional[float] = ..., cached: _Optional[bool] = ..., images: _Optional[int] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ..., decoded: _Optional[bool] = ...) -> None: ...
+
+class CheckDatasetRequest(_message.Message):
+    __slots__ = ("dataset_path", "seed", "val_fraction")
+    DATASET_PATH_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    VAL_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    dataset_path: str
+    seed: int
+    val_fraction: float
+    def __init__(self, dataset_path: _Optional[str] = ..., seed: _Optional[int] = ..., val_fraction: _Optional[float] = ...) -> None: ...

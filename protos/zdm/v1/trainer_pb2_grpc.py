@@ -80,6 +80,11 @@ class TrainerStub:
                 request_serializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsRequest.SerializeToString,
                 response_deserializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsResponse.FromString,
                 _registered_method=True)
+        self.CheckDataset = channel.unary_unary(
+                '/zdm.v1.Trainer/CheckDataset',
+                request_serializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CheckDatasetRequest.SerializeToString,
+                response_deserializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.DatasetReport.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -144,6 +149,15 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckDataset(self, request, context):
+        """The dataset check SubmitJob runs, without training. INVALID_ARGUMENT for a bad layout (one class,
+        an empty class, a class with no readable image), PERMISSION_DENIED / NOT_FOUND for the path.
+        Problems that would make SubmitJob fail are listed in the report's errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +205,11 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.CompareModels,
                     request_deserializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsRequest.FromString,
                     response_serializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsResponse.SerializeToString,
+            ),
+            'CheckDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckDataset,
+                    request_deserializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.CheckDatasetRequest.FromString,
+                    response_serializer=protos_dot_zdm_dot_v1_dot_trainer__pb2.DatasetReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +455,33 @@ class Trainer:
             '/zdm.v1.Trainer/CompareModels',
             protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsRequest.SerializeToString,
             protos_dot_zdm_dot_v1_dot_trainer__pb2.CompareModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/zdm.v1.Trainer/CheckDataset',
+            protos_dot_zdm_dot_v1_dot_trainer__pb2.CheckDatasetRequest.SerializeToString,
+            protos_dot_zdm_dot_v1_dot_trainer__pb2.DatasetReport.FromString,
             options,
             channel_credentials,
             insecure,
