@@ -76,18 +76,27 @@ def sniff_format(data: bytes) -> str | None:
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # colour type -> decoded channels (gray + alpha decodes as BGRA)
 
 
-def _png_has_trns(data: bytes) -> bool:
-    """Whether a tRNS chunk (palette or RGB transparency) comes before the image data."""
+def _png_chunks(data: bytes) -> set[bytes]:
+    """Walk the chunks up to IEND (or the end of the data); return the types seen before the first IDAT.
+
+    Every chunk's declared length must fit inside the file: OpenCV allocates a chunk's declared size
+    before reading it, so an 88-byte file claiming a 2 GB chunk cost 2 GB (found by tests/fuzz).
+    """
+    before_data: set[bytes] = set()
+    seen_data = False
     pos = 8
     while pos + 8 <= len(data):
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         kind = data[pos + 4 : pos + 8]
-        if kind == b"tRNS":
-            return True
-        if kind in (b"IDAT", b"IEND"):
-            return False
+        if pos + 12 + length > len(data):
+            raise ValueError(f"truncated or corrupt: chunk {kind!r} at offset {pos} claims {length} bytes past the end")
+        if kind == b"IEND":
+            break
+        seen_data = seen_data or kind == b"IDAT"
+        if not seen_data:
+            before_data.add(kind)
         pos += 12 + length
-    return False
+    return before_data
 
 
 def _png_header(data: bytes) -> tuple[int, int, int, bool, int]:
@@ -95,11 +104,12 @@ def _png_header(data: bytes) -> tuple[int, int, int, bool, int]:
         raise ValueError("PNG without an IHDR chunk")
     width, height = struct.unpack(">II", data[16:24])
     depth, color_type = data[24], data[25]
+    chunks = _png_chunks(data)
     if color_type not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
         raise ValueError(f"PNG with an invalid colour type {color_type} / bit depth {depth}")
     channels = _PNG_CHANNELS[color_type]
     alpha = color_type in (4, 6)
-    if color_type in (2, 3) and _png_has_trns(data):
+    if color_type in (2, 3) and b"tRNS" in chunks:
         channels, alpha = 4, True
     return width, height, channels, alpha, 2 if depth == 16 else 1
 
