@@ -177,3 +177,17 @@ def test_set_alias_and_get_model_stay_inside_the_registry(tmp_path: Path, redis_
             assert _code(lambda g=get: h.stub.GetModel(g, timeout=30)) == grpc.StatusCode.INVALID_ARGUMENT
     assert not (tmp_path / "elsewhere" / "x" / "aliases.json").exists()
     assert not (tmp_path / "elsewhere" / "x" / ".lock").exists()
+
+
+def test_explainer_refuses_a_corrupt_new_version_and_keeps_explaining_with_the_previous(explainer) -> None:
+    stub, registry = explainer
+    request = explainer_pb2.ExplainRequest(image=common_pb2.Image(data=cs.png(np.full((32, 32), 80, np.uint8))))
+    assert stub.Explain(request, timeout=60).model.version == 1
+    v2 = cs.publish(registry, "m", cs.random_state(5))
+    weights = registry.path("m", v2.version) / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert stub.Explain(request, timeout=60).model.version == 1  # the previous version keeps serving
+    pinned = explainer_pb2.ExplainRequest(image=request.image, model=common_pb2.ModelRef(name="m", version=2))
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Explain(pinned, timeout=60)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "SHA-256" in err.value.details()
