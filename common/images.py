@@ -57,6 +57,8 @@ class ImageHeader(NamedTuple):
 
 
 def _label(name: str) -> str:
+    if len(name) > 100:  # messages travel in gRPC trailers (8 KiB by default): never echo a huge name whole
+        name = name[:100] + "..."
     return f"image {name!r}" if name else "image"
 
 
@@ -185,8 +187,7 @@ _TIFF_TAGS = (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SA
 def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
     """Read size, samples per pixel, bits per sample and extra samples from the first IFD (classic and BigTIFF).
 
-    For tags holding several values (BitsPerSample of RGB), the first value is read when it is stored
-    inline and 16 bits is assumed otherwise (an upper bound for the decoded buffer).
+    For tags holding several values (BitsPerSample of RGB) the first value is read, inline or at its offset.
     """
     endian = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
@@ -216,10 +217,11 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
                 raise ValueError(f"TIFF tag {tag} has an unexpected type {typ}")
             (count,) = struct.unpack(endian + count_fmt, data[pos + 4 : pos + 4 + count_size])
             value_at = pos + entry_size - value_size
-            if count * struct.calcsize(fmt) > value_size:  # the values live elsewhere
-                found[tag] = 16 if tag == _TIFF_BITS else 1
-            else:
-                (found[tag],) = struct.unpack(endian + fmt, data[value_at : value_at + struct.calcsize(fmt)])
+            if count * struct.calcsize(fmt) > value_size:  # the values live elsewhere: the field holds their offset
+                (value_at,) = struct.unpack(endian + ("Q" if big else "I"), data[value_at : value_at + value_size])
+                if value_at + struct.calcsize(fmt) > len(data):
+                    raise ValueError(f"TIFF tag {tag} points outside the file")
+            (found[tag],) = struct.unpack(endian + fmt, data[value_at : value_at + struct.calcsize(fmt)])
             if tag == _TIFF_EXTRA:
                 found[tag] = count
         pos += entry_size
