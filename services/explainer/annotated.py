@@ -104,15 +104,25 @@ def load_sample(item: AnnotatedImage, mask_format: str, *, max_bytes: int, max_p
     Raises:
         InvalidArgument: an undecodable image or mask (the message names the file).
     """
-    image = decode_image(item.image.read_bytes(), max_bytes=max_bytes, max_pixels=max_pixels, name=item.name)
+    image = decode_image(_read_bounded(item.image, max_bytes, item.name), max_bytes=max_bytes, max_pixels=max_pixels,
+                         name=item.name)
     h, w = image.shape[:2]
     try:
-        mask = load_mask(item.mask.read_bytes(), mask_format, h, w, max_bytes=max_bytes, max_pixels=max_pixels)
+        mask = load_mask(_read_bounded(item.mask, max_bytes, f"mask of {item.name}"), mask_format, h, w,
+                         max_bytes=max_bytes, max_pixels=max_pixels)
     except EmptyMask:
         return None
     except InvalidArgument as exc:
         raise InvalidArgument(f"mask {item.mask.name} of {item.name}: {exc.message}") from exc
     return LoadedSample(item, image, mask)
+
+
+def _read_bounded(path: Path, max_bytes: int, label: str) -> bytes:
+    """The file's bytes, refused from its size before reading when it is over the limit."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InvalidArgument(f"{label} is too large: {size} bytes > limit {max_bytes}")
+    return path.read_bytes()
 
 
 def batches(items: Sequence[AnnotatedImage], size: int) -> Iterator[list[AnnotatedImage]]:

@@ -1,4 +1,5 @@
-"""EvaluateDataset writes only into folders that are new or the explainer's own: never over a foreign file."""
+"""EvaluateDataset files: reports go only into folders that are new or the explainer's own (never over a foreign
+file); dataset files over the byte limit are refused from their size."""
 
 from __future__ import annotations
 
@@ -40,3 +41,20 @@ def test_outside_roots_is_refused_without_listing_them(tmp_path) -> None:
     with pytest.raises(PermissionDenied) as err:
         resolve_output_dir("/etc/zdm", out, [data])
     assert str(data) not in err.value.message and str(out) not in err.value.message
+
+
+def test_dataset_files_over_the_byte_limit_are_refused_from_their_size(tmp_path) -> None:
+    import cv2
+    import numpy as np
+
+    from common.errors import InvalidArgument
+    from services.explainer.annotated import find_annotated, load_sample
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.png"), np.zeros((8, 8), np.uint8))
+    (tmp_path / "masks" / "a.txt").write_bytes(b"0 0.5 0.5 0.2 0.2\n" + b"#" * 5000)
+    item = find_annotated(tmp_path / "images", tmp_path / "masks", "yolo").items[0]
+    assert load_sample(item, "yolo", max_bytes=10_000, max_pixels=100).mask.any()
+    with pytest.raises(InvalidArgument, match="mask of a.png is too large: 5018 bytes > limit 1000"):
+        load_sample(item, "yolo", max_bytes=1000, max_pixels=100)
