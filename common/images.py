@@ -3,22 +3,29 @@
 Every service decodes with :func:`decode_image` and prepares model input with :func:`preprocess`
 (training included), so the pixels a model sees in serving are computed exactly as in training.
 
-Decoding is defensive: the format is sniffed from magic bytes (JPEG, PNG, BMP, TIFF only), the pixel
-count is read from the header and checked *before* any pixel buffer is allocated (decompression
-bombs), and every failure is a :class:`~common.errors.BadImage`, never a crash.
+Decoding is defensive: the format is sniffed from magic bytes (JPEG, PNG, BMP, TIFF only); the pixel
+count, the channel count (alpha) and the sample depth (16-bit) are read from the header and checked
+*before* any pixel buffer is allocated (decompression bombs), and every failure is a
+:class:`~common.errors.BadImage`, never a crash. ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set (unless the
+environment sets it) as a backstop for decoders reached some other way.
 EXIF orientation is ignored: pixels are used as stored, identically in training and serving.
 """
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import cv2
-import numpy as np
+# OpenCV reads this once, at its first decode: set it before cv2 is imported by anyone through us.
+OPENCV_PIXEL_BACKSTOP = 100_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OPENCV_PIXEL_BACKSTOP))
 
-from common.errors import BadImage, InvalidArgument
+import cv2  # noqa: E402 - after the backstop above
+import numpy as np  # noqa: E402
+
+from common.errors import BadImage, InvalidArgument  # noqa: E402
 
 FORMATS = ("jpeg", "png", "bmp", "tiff")
 
@@ -30,14 +37,28 @@ _JPEG_STANDALONE = frozenset(range(0xD0, 0xD8)) | {0x01, 0xD8}
 
 
 class ImageHeader(NamedTuple):
-    """What the header says about an image, read without decoding pixels."""
+    """What the header says about an image, read without decoding pixels.
+
+    ``channels`` is the number OpenCV decodes to (an upper bound where the header leaves it open),
+    ``alpha`` whether one of them is an alpha channel, ``sample_bytes`` 1 or 2 (16-bit).
+    """
 
     format: str
     width: int
     height: int
+    channels: int = 3
+    alpha: bool = False
+    sample_bytes: int = 1
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Size of the buffer OpenCV allocates to decode the image."""
+        return self.width * self.height * self.channels * self.sample_bytes
 
 
 def _label(name: str) -> str:
+    if len(name) > 100:  # messages travel in gRPC trailers (8 KiB by default): never echo a huge name whole
+        name = name[:100] + "..."
     return f"image {name!r}" if name else "image"
 
 
@@ -54,18 +75,52 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _png_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 24 or data[12:16] != b"IHDR":
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 4, 6: 4}  # colour type -> decoded channels (gray + alpha decodes as BGRA)
+
+
+def _png_chunks(data: bytes) -> set[bytes]:
+    """Walk the chunks up to IEND (or the end of the data); return the types seen before the first IDAT.
+
+    Every chunk's declared length must fit inside the file: OpenCV allocates a chunk's declared size
+    before reading it, so an 88-byte file claiming a 2 GB chunk cost 2 GB (found by tests/fuzz).
+    """
+    before_data: set[bytes] = set()
+    seen_data = False
+    pos = 8
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if pos + 12 + length > len(data):
+            raise ValueError(f"truncated or corrupt: chunk {kind!r} at offset {pos} claims {length} bytes past the end")
+        if kind == b"IEND":
+            break
+        seen_data = seen_data or kind == b"IDAT"
+        if not seen_data:
+            before_data.add(kind)
+        pos += 12 + length
+    return before_data
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, bool, int]:
+    if len(data) < 26 or data[12:16] != b"IHDR":
         raise ValueError("PNG without an IHDR chunk")
     width, height = struct.unpack(">II", data[16:24])
-    return width, height
+    depth, color_type = data[24], data[25]
+    chunks = _png_chunks(data)
+    if color_type not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16):
+        raise ValueError(f"PNG with an invalid colour type {color_type} / bit depth {depth}")
+    channels = _PNG_CHANNELS[color_type]
+    alpha = color_type in (4, 6)
+    if color_type in (2, 3) and b"tRNS" in chunks:
+        channels, alpha = 4, True
+    return width, height, channels, alpha, 2 if depth == 16 else 1
 
 
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """Walk the marker segments up to the first scan; return the SOF size and check for an EOI."""
+def _jpeg_header(data: bytes) -> tuple[int, int, int, bool, int]:
+    """Walk the marker segments up to the first scan; return the SOF's size and format; check for an EOI."""
     n = len(data)
     i = 2
-    size: tuple[int, int] | None = None
+    size: tuple[int, int, int, bool, int] | None = None
     while i < n:
         if data[i] != 0xFF:
             raise ValueError(f"JPEG marker expected at offset {i}")
@@ -85,12 +140,17 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         if length < 2:
             raise ValueError("JPEG segment with a bad length")
         if marker in _JPEG_SOF:
-            if i + 7 > n:
+            if i + 8 > n:
                 break
+            precision = data[i + 2]
             height, width = struct.unpack(">HH", data[i + 3 : i + 7])
+            components = data[i + 7]
             if height == 0:
                 raise ValueError("JPEG with the height defined later (DNL) is not supported")
-            size = (width, height)
+            if components not in (1, 3, 4):
+                raise ValueError(f"JPEG with {components} colour components")
+            # CMYK (4 components) decodes to 3 channels; 12-bit JPEGs decode to 16-bit samples.
+            size = (width, height, 1 if components == 1 else 3, False, 2 if precision > 8 else 1)
         elif marker == 0xDA:  # start of scan: entropy-coded data follows
             if size is None:
                 raise ValueError("JPEG scan before any frame header")
@@ -102,25 +162,33 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
     raise ValueError("JPEG is truncated in its header")
 
 
-def _bmp_size(data: bytes) -> tuple[int, int]:
-    if len(data) < 26:
+def _bmp_header(data: bytes) -> tuple[int, int, int, bool, int]:
+    if len(data) < 30:
         raise ValueError("BMP header is truncated")
     (dib_size,) = struct.unpack("<I", data[14:18])
     if dib_size == 12:  # BITMAPCOREHEADER
-        width, height = struct.unpack("<HH", data[18:22])
+        width, height, _planes, bpp = struct.unpack("<HHHH", data[18:26])
     elif dib_size >= 40:
-        width, height = struct.unpack("<ii", data[18:26])
+        width, height, _planes, bpp = struct.unpack("<iiHH", data[18:30])
         height = abs(height)  # negative height = top-down rows
     else:
         raise ValueError(f"BMP with an unknown DIB header size {dib_size}")
-    return width, height
+    alpha = bpp == 32
+    return width, height, 4 if alpha else 3, alpha, 1
 
 
 _TIFF_TYPE_FORMATS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
 
 
-def _tiff_size(data: bytes) -> tuple[int, int]:
-    """Read ImageWidth / ImageLength from the first IFD (classic TIFF and BigTIFF)."""
+_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_EXTRA = 256, 257, 258, 262, 277, 338
+_TIFF_TAGS = (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_EXTRA)
+
+
+def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
+    """Read size, samples per pixel, bits per sample and extra samples from the first IFD (classic and BigTIFF).
+
+    For tags holding several values (BitsPerSample of RGB) the first value is read, inline or at its offset.
+    """
     endian = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
     if big:
@@ -143,43 +211,84 @@ def _tiff_size(data: bytes) -> tuple[int, int]:
         if pos + entry_size > len(data):
             raise ValueError("TIFF directory is truncated")
         tag, typ = struct.unpack(endian + "HH", data[pos : pos + 4])
-        if tag in (256, 257):
+        if tag in _TIFF_TAGS:
             fmt = _TIFF_TYPE_FORMATS.get(typ)
             if fmt is None:
-                raise ValueError(f"TIFF size tag {tag} has an unexpected type {typ}")
+                raise ValueError(f"TIFF tag {tag} has an unexpected type {typ}")
+            (count,) = struct.unpack(endian + count_fmt, data[pos + 4 : pos + 4 + count_size])
             value_at = pos + entry_size - value_size
+            if count * struct.calcsize(fmt) > value_size:  # the values live elsewhere: the field holds their offset
+                (value_at,) = struct.unpack(endian + ("Q" if big else "I"), data[value_at : value_at + value_size])
+                if value_at + struct.calcsize(fmt) > len(data):
+                    raise ValueError(f"TIFF tag {tag} points outside the file")
             (found[tag],) = struct.unpack(endian + fmt, data[value_at : value_at + struct.calcsize(fmt)])
-            if len(found) == 2:
-                break
+            if tag == _TIFF_EXTRA:
+                found[tag] = count
         pos += entry_size
-    if 256 not in found or 257 not in found:
+    if _TIFF_WIDTH not in found or _TIFF_LENGTH not in found:
         raise ValueError("TIFF without ImageWidth/ImageLength")
-    return found[256], found[257]
+    samples = found.get(_TIFF_SAMPLES, 1)
+    if not 1 <= samples <= 4:
+        raise ValueError(f"TIFF with {samples} samples per pixel")
+    bits = found.get(_TIFF_BITS, 1)
+    if bits > 16:
+        raise ValueError(f"TIFF with {bits} bits per sample (8 or 16 are accepted)")
+    cmyk = found.get(_TIFF_PHOTOMETRIC) == 5
+    alpha = not cmyk and (samples in (2, 4) or found.get(_TIFF_EXTRA, 0) > 0)
+    channels = 3 if cmyk else 4 if samples == 2 else samples
+    return found[_TIFF_WIDTH], found[_TIFF_LENGTH], channels, alpha, 2 if bits > 8 else 1
 
 
-_SIZE_READERS = {"jpeg": _jpeg_size, "png": _png_size, "bmp": _bmp_size, "tiff": _tiff_size}
+_HEADER_READERS = {"jpeg": _jpeg_header, "png": _png_header, "bmp": _bmp_header, "tiff": _tiff_header}
 
 
-def read_header(data: bytes, *, name: str = "") -> ImageHeader:
-    """Sniff the format and read the pixel size from the header, without decoding pixels.
+def read_header(data: bytes, *, name: str = "", what: str = "") -> ImageHeader:
+    """Sniff the format and read size, channels and sample depth from the header, without decoding pixels.
 
     Raises:
         BadImage: empty data, an unsupported format, or a header that cannot be parsed.
     """
+    label = what or _label(name)
     if not data:
-        raise BadImage(f"{_label(name)} is empty (0 bytes)")
+        raise BadImage(f"{label} is empty (0 bytes)")
     fmt = sniff_format(data)
     if fmt is None:
-        raise BadImage(
-            f"{_label(name)} has an unsupported format (first bytes {data[:8]!r}); accepted: {', '.join(FORMATS)}"
-        )
+        raise BadImage(f"{label} has an unsupported format (first bytes {data[:8]!r}); accepted: {', '.join(FORMATS)}")
     try:
-        width, height = _SIZE_READERS[fmt](data)
+        width, height, channels, alpha, sample_bytes = _HEADER_READERS[fmt](data)
     except (ValueError, struct.error) as exc:
-        raise BadImage(f"{_label(name)} is not a valid {fmt.upper()}: {exc}") from exc
+        raise BadImage(f"{label} is not a valid {fmt.upper()}: {exc}") from exc
     if width <= 0 or height <= 0:
-        raise BadImage(f"{_label(name)} has an empty size {width}x{height}")
-    return ImageHeader(fmt, width, height)
+        raise BadImage(f"{label} has an empty size {width}x{height}")
+    return ImageHeader(fmt, width, height, channels, alpha, sample_bytes)
+
+
+def check_header(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "", allow_alpha: bool = True,
+                 what: str = "") -> ImageHeader:
+    """Every limit that can be checked before decoding: bytes, pixels, alpha, and the decoded buffer size.
+
+    The decoded buffer may be at most what an 8-bit RGB image of ``max_pixels`` needs, so 16-bit or
+    4-channel images get proportionally fewer pixels.
+
+    Raises:
+        BadImage: a limit is exceeded or the header is not readable.
+    """
+    label = what or _label(name)
+    if len(data) > max_bytes:
+        raise BadImage(f"{label} is too large: {len(data)} bytes > limit {max_bytes}")
+    header = read_header(data, name=name, what=what)
+    pixels = header.width * header.height
+    if pixels > max_pixels:
+        raise BadImage(f"{label} is too large: {header.width}x{header.height} = {pixels} pixels > limit {max_pixels}")
+    if header.alpha and not allow_alpha:
+        raise BadImage(f"{label} has an alpha channel ({header.channels} channels); send grayscale or RGB without alpha")
+    budget = max_pixels * 3
+    if header.decoded_bytes > budget:
+        raise BadImage(
+            f"{label} is too large to decode: {header.width}x{header.height} with {header.channels} channels of "
+            f"{8 * header.sample_bytes} bits needs {header.decoded_bytes} bytes > limit {budget} "
+            f"(3 bytes per pixel of the {max_pixels}-pixel limit)")
+    return header
 
 
 def _to_uint8(img: np.ndarray, label: str) -> np.ndarray:
@@ -217,20 +326,16 @@ def decode_image(
     Args:
         data: the encoded file.
         max_bytes: reject larger inputs before looking at them.
-        max_pixels: reject images whose header claims more pixels, before decoding.
+        max_pixels: reject images whose header claims more pixels (or a larger decoded buffer than
+            8-bit RGB at this many pixels), before decoding.
         name: shown in error messages (a file name or a request's image id).
-        allow_alpha: False rejects images with an alpha channel (2 or 4 channels) instead of dropping it.
+        allow_alpha: False rejects images with an alpha channel (from the header) instead of dropping it.
 
     Raises:
         BadImage: for every input that is not a decodable image within the limits.
     """
     label = _label(name)
-    if len(data) > max_bytes:
-        raise BadImage(f"{label} is too large: {len(data)} bytes > limit {max_bytes}")
-    header = read_header(data, name=name)
-    pixels = header.width * header.height
-    if pixels > max_pixels:
-        raise BadImage(f"{label} is too large: {header.width}x{header.height} = {pixels} pixels > limit {max_pixels}")
+    header = check_header(data, max_bytes=max_bytes, max_pixels=max_pixels, name=name, allow_alpha=allow_alpha)
     try:
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     except cv2.error as exc:

@@ -14,11 +14,12 @@ def resolve_under_roots(path: str | Path, roots: Sequence[Path]) -> Path:
     An absolute path is resolved as is. A relative path is tried under each root in order and the
     first existing match wins, so a job can name ``casting`` instead of ``/data/casting``.
     The containment check comes before the existence check, so callers learn nothing about
-    files outside the roots.
+    files outside the roots; messages repeat only the caller's own path, never the server's roots
+    or the absolute paths they resolve to.
 
     Raises:
         InvalidArgument: an empty path or one with a NUL byte.
-        PermissionDenied: the resolved path is outside every root (the message lists the roots).
+        PermissionDenied: the resolved path is outside every root.
         NotFound: the path is inside a root but does not exist.
     """
     text = str(path)
@@ -27,7 +28,6 @@ def resolve_under_roots(path: str | Path, roots: Sequence[Path]) -> Path:
     if "\x00" in text:
         raise InvalidArgument("path contains a NUL byte")
     resolved_roots = [Path(r).resolve() for r in roots]
-    roots_text = ", ".join(str(r) for r in resolved_roots) or "(none configured)"
     raw = Path(text)
     candidates = [raw] if raw.is_absolute() else [root / raw for root in resolved_roots]
     inside: list[Path] = []
@@ -38,5 +38,6 @@ def resolve_under_roots(path: str | Path, roots: Sequence[Path]) -> Path:
                 return resolved
             inside.append(resolved)
     if not inside:
-        raise PermissionDenied(f"path {text!r} is outside the allowed data roots: {roots_text}")
-    raise NotFound(f"path {text!r} does not exist (looked at {', '.join(str(p) for p in inside)})")
+        hint = "" if resolved_roots else " (the server has no data roots configured)"
+        raise PermissionDenied(f"path {text!r} is outside the allowed data roots{hint}")
+    raise NotFound(f"path {text!r} does not exist under the data roots")

@@ -3,6 +3,11 @@
 Publishing writes into a temporary folder and renames it into place, so a reader never sees a
 half-written version; a version folder without manifest.json is ignored. Aliases live in
 <root>/<name>/aliases.json, rewritten atomically under a file lock.
+
+Names come from requests, so every path is built by :meth:`Registry._model_dir`, which checks the
+name against ``NAME_PATTERN`` and confirms that the resolved folder (symlinks included) is a direct
+child of the root: ``/abs/path`` and ``../x`` are refused before any file is touched. Weights are
+verified against the manifest's ``weights_sha256`` on every load (:class:`IntegrityError`).
 """
 
 from __future__ import annotations
@@ -17,24 +22,40 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 
-from common.errors import InvalidArgument, NotFound
+from common.errors import InvalidArgument, NotFound, Unavailable
 from common.manifest import MANIFEST_FILE, WEIGHTS_FILE, ExplanationDefaults, Manifest
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ALIASES_FILE = "aliases.json"
 
 
+class IntegrityError(Unavailable):
+    """A version's weights do not match its manifest (corrupt, truncated or replaced): it is not served."""
+
+
 def check_name(kind: str, value: str) -> str:
-    if not NAME_PATTERN.match(value or "") or value.isdigit():
+    if not isinstance(value, str) or not NAME_PATTERN.match(value) or value.isdigit() or value in (".", ".."):
+        shown = value if len(value) <= 40 else value[:40] + "..."
         raise InvalidArgument(
-            f"invalid {kind} {value!r}: use letters, digits, '_', '.', '-' (not only digits, at most 100)"
+            f"invalid {kind} {shown!r}: use letters, digits, '_', '.', '-' (not only digits, at most 100)"
         )
     return value
+
+
+@dataclass(frozen=True)
+class VerifiedWeights:
+    """A version's tensors and the SHA-256 of the bytes they were read from (matches the manifest)."""
+
+    state_dict: dict[str, torch.Tensor]
+    sha256: str
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -58,11 +79,21 @@ class Registry:
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- reading -------------------------------------------------------------------------------
+    def _model_dir(self, name: str) -> Path:
+        """``<root>/<name>`` for a valid name whose resolved folder is a direct child of the root."""
+        check_name("model name", name)
+        root = self.root.resolve()
+        folder = (root / name).resolve()
+        if folder.parent != root:  # a symlinked model folder pointing elsewhere
+            raise InvalidArgument(f"model {name!r} is not inside the registry")
+        return folder
+
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and NAME_PATTERN.match(p.name))
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and NAME_PATTERN.match(p.name) and not p.name.isdigit())
 
     def versions(self, name: str) -> list[int]:
-        folder = self.root / name
+        folder = self._model_dir(name)
         if not folder.is_dir():
             return []
         return sorted(
@@ -70,7 +101,9 @@ class Registry:
         )
 
     def path(self, name: str, version: int) -> Path:
-        return self.root / name / str(version)
+        if not isinstance(version, int) or version <= 0:
+            raise InvalidArgument(f"version must be a positive integer, got {version!r}")
+        return self._model_dir(name) / str(version)
 
     def manifest(self, name: str, version: int) -> Manifest:
         file = self.path(name, version) / MANIFEST_FILE
@@ -79,7 +112,7 @@ class Registry:
         return Manifest.model_validate_json(file.read_text())
 
     def aliases(self, name: str) -> dict[str, int]:
-        file = self.root / name / ALIASES_FILE
+        file = self._model_dir(name) / ALIASES_FILE
         if not file.is_file():
             return {}
         return {k: int(v) for k, v in json.loads(file.read_text()).items()}
@@ -92,9 +125,8 @@ class Registry:
         if not name:
             raise InvalidArgument("a model name is required")
         versions = self.versions(name)
-        if not versions:
-            known = ", ".join(self.names()) or "none"
-            raise NotFound(f"unknown model {name!r} (published models: {known})")
+        if not versions:  # other models' names are not listed: ListModels is the place for that
+            raise NotFound(f"unknown model {name!r}")
         if version:
             return self.manifest(name, version)
         aliases = self.aliases(name)
@@ -118,7 +150,32 @@ class Registry:
         return best
 
     def load_state_dict(self, name: str, version: int) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path(name, version) / WEIGHTS_FILE))
+        return self.load_weights(self.manifest(name, version)).state_dict
+
+    def load_weights(self, manifest: Manifest) -> VerifiedWeights:
+        """Read a version's weights once, check their SHA-256 against the manifest, then parse them.
+
+        Raises:
+            IntegrityError: no recorded hash, a hash mismatch, or a file safetensors cannot parse.
+            NotFound: the weights file is missing.
+        """
+        label = f"{manifest.name}:{manifest.version}"
+        file = self.path(manifest.name, manifest.version) / WEIGHTS_FILE
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"model {label} has no weights file") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if not manifest.weights_sha256:
+            raise IntegrityError(f"model {label}: the manifest records no weights_sha256; refusing unverified weights")
+        if actual != manifest.weights_sha256:
+            raise IntegrityError(f"model {label}: weights SHA-256 {actual[:12]}... does not match the manifest's "
+                                 f"{manifest.weights_sha256[:12]}... (corrupt or replaced file); not loaded")
+        try:
+            state = load_safetensors(data)
+        except (SafetensorError, ValueError) as exc:
+            raise IntegrityError(f"model {label}: weights are not a valid safetensors file: {exc}") from exc
+        return VerifiedWeights(state, actual)
 
     # -- writing -------------------------------------------------------------------------------
     def publish(self, manifest: Manifest, state_dict: Mapping[str, torch.Tensor], *,
@@ -127,7 +184,7 @@ class Registry:
         name = check_name("model name", manifest.name)
         for alias in aliases or []:
             check_name("alias", alias)
-        folder = self.root / name
+        folder = self._model_dir(name)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
@@ -165,7 +222,7 @@ class Registry:
         with self._locked(name):
             aliases = self.aliases(name)
             aliases[alias] = version
-            self._replace(self.root / name / ALIASES_FILE, json.dumps(aliases, indent=2).encode())
+            self._replace(self._model_dir(name) / ALIASES_FILE, json.dumps(aliases, indent=2).encode())
 
     def update_explanation(self, name: str, version: int, defaults: ExplanationDefaults) -> Manifest:
         """Store new explanation defaults in an existing version's manifest (atomic rewrite)."""
@@ -176,8 +233,10 @@ class Registry:
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
-        lock_path = self.root / name / ".lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        folder = self._model_dir(name)
+        if not folder.is_dir():
+            raise NotFound(f"unknown model {name!r}")
+        lock_path = folder / ".lock"
         with open(lock_path, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:

@@ -26,9 +26,10 @@ class CommonSettings(BaseSettings):
     key_prefix: str = "zdm"
     # Model registry root: <root>/<name>/<version>/{model.safetensors, manifest.json}.
     registry: Path = DEFAULT_HOME / "registry"
-    # Datasets must lie under one of these roots (PERMISSION_DENIED otherwise).
+    # Datasets must lie under one of these roots (PERMISSION_DENIED otherwise). The current directory
+    # is not one unless named: a service must not serve whatever folder it happened to start in.
     # From the environment: a JSON list, or paths separated by ':' (like PATH) or ','.
-    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [DEFAULT_HOME / "data", Path.cwd()])
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=lambda: [DEFAULT_HOME / "data"])
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
@@ -91,6 +92,10 @@ class ClassifierSettings(ServerSettings):
     default_threshold: float = 0.5
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    # Most images one ClassifyBatch call may carry (a longer run belongs in ClassifyStream).
+    max_batch_images: int = Field(default=256, ge=1)
+    # Longest request_id / line_id / part_id / image name (they become audit records and Redis keys).
+    max_id_length: int = Field(default=256, ge=1)
     # Images with an alpha channel (2 or 4 channels) are rejected unless this is true (alpha is then dropped).
     accept_alpha: bool = False
     audit_max_len: int = 100_000
@@ -130,8 +135,11 @@ class ExplainerSettings(ServerSettings):
     port: int = 50053
     default_model: str = ""
     default_alias: str = "production"
+    # Limits of images and mask images alike (masks: also the bytes of box text).
     max_image_bytes: int = 20_000_000
     max_image_pixels: int = 40_000_000
+    # Boxes a YOLO / xyxy mask (or a request's Mask.boxes) may hold; at most 32767.
+    max_mask_boxes: int = Field(default=10_000, ge=1, le=32_767)
     # Where EvaluateDataset writes CSVs and charts when a request gives no folder.
     output_root: Path = Path.home() / ".zdm" / "reports"
     batch_size: int = 16

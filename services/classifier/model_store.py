@@ -23,7 +23,6 @@ Leases
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import queue
 import threading
@@ -37,7 +36,7 @@ import redis
 
 from common import model_events
 from common.errors import NotFound, Unavailable, ZdmError
-from common.manifest import WEIGHTS_FILE, Manifest
+from common.manifest import Manifest
 from common.registry import Registry
 from common.settings import ClassifierSettings
 from services.classifier.backends import Backend
@@ -75,7 +74,7 @@ class LoadedModel:
 
 def backend_factory(registry: Registry, settings: ClassifierSettings) -> BackendFactory:
     """The production factory: safetensors -> torch module -> the configured backend (cached conversion)."""
-    from common.models.loading import load_published
+    from common.models.loading import load_published_verified
     from services.classifier.backends import BackendOptions, create_backend
 
     options = BackendOptions(
@@ -84,8 +83,8 @@ def backend_factory(registry: Registry, settings: ClassifierSettings) -> Backend
     )
 
     def build(manifest: Manifest) -> Backend:
-        model = load_published(registry, manifest)
-        cache_key = manifest.weights_sha256 or _file_sha256(registry, manifest)
+        # Keyed by the hash of the bytes actually loaded, never by the manifest's claim alone.
+        model, cache_key = load_published_verified(registry, manifest)
         return create_backend(
             settings.backend,
             model,
@@ -97,14 +96,6 @@ def backend_factory(registry: Registry, settings: ClassifierSettings) -> Backend
         )
 
     return build
-
-
-def _file_sha256(registry: Registry, manifest: Manifest) -> str:
-    digest = hashlib.sha256()
-    with open(registry.path(manifest.name, manifest.version) / WEIGHTS_FILE, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ModelStore:

@@ -88,6 +88,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def Classify(self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext) -> classifier_pb2.Verdict:
         with self._observed("Classify"):
             started = time.perf_counter()
+            self._check_ids(request)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
                 with model.batcher.reserve() as token:
@@ -106,9 +107,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             images = request.images
             if not images:
                 raise InvalidArgument("images is empty")
+            if len(images) > self._settings.max_batch_images:
+                raise InvalidArgument(f"images has {len(images)} entries > limit {self._settings.max_batch_images}; "
+                                      "split the batch (or use ClassifyStream)")
             part_ids = list(request.part_ids)
             if part_ids and len(part_ids) != len(images):
                 raise InvalidArgument(f"part_ids has {len(part_ids)} entries for {len(images)} images")
+            self._check_id_length("line_id", request.line_id)
+            for i, part_id in enumerate(part_ids):
+                self._check_id_length(f"part_ids[{i}]", part_id)
+            for i, image in enumerate(images):
+                self._check_id_length(f"images[{i}].name", image.name)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
                 outputs = self._batch_outputs(model, images, context)
@@ -191,6 +200,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
 
     def QueryAudit(self, request: classifier_pb2.AuditQuery, context: grpc.ServicerContext) -> classifier_pb2.AuditResponse:
         with self._observed("QueryAudit"):
+            self._check_id_length("part_id", request.part_id)
             limit = min(request.limit or 100, _MAX_AUDIT_LIMIT)
             self._audit.flush(timeout=1.0)  # read-your-writes on this replica
             records = [_audit_record(e) for e in self._audit.query(request.part_id, limit)]
@@ -298,9 +308,11 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         started = time.perf_counter()
         ref = request.model
         try:
+            self._check_ids(request)
             model = self._store.acquire(ref.name, ref.version, ref.alias)
         except ZdmError as exc:
-            return self._item_failed(request.request_id, exc.code, exc.message, started)
+            echoed = request.request_id if len(request.request_id) <= self._settings.max_id_length else ""
+            return self._item_failed(echoed, exc.code, exc.message, started)
         try:
             with model.batcher.reserve() as token:
                 tensor, sha, decode_ms = self._prepare(model, request.image, request.image.name)
@@ -343,6 +355,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         return _ItemFailure(request_id, code, message)
 
     # -- helpers ----------------------------------------------------------------------------------
+    def _check_id_length(self, field: str, value: str) -> None:
+        """Ids are stored (audit records, Redis keys) and echoed: bounded before any work."""
+        limit = self._settings.max_id_length
+        if len(value) > limit:
+            raise InvalidArgument(f"{field} is {len(value)} characters long > limit {limit}")
+
+    def _check_ids(self, request: classifier_pb2.ClassifyRequest) -> None:
+        for field in ("request_id", "line_id", "part_id"):
+            self._check_id_length(field, getattr(request, field))
+        self._check_id_length("image.name", request.image.name)
+
     @contextlib.contextmanager
     def _observed(self, method: str) -> Iterator[None]:
         start = time.perf_counter()

@@ -74,7 +74,7 @@ def find_annotated(images_root: Path, masks_root: Path, mask_format: str = "auto
         raise InvalidArgument(f"unknown mask format {mask_format!r}; choose one of {', '.join(MASK_SUFFIXES)}")
     for what, folder in (("images_path", images_root), ("masks_path", masks_root)):
         if not folder.is_dir():
-            raise InvalidArgument(f"{what} {str(folder)!r} is not a directory")
+            raise InvalidArgument(f"{what} is not a directory")  # the server's absolute path is not repeated
     exclude = masks_root if masks_root != images_root and masks_root.is_relative_to(images_root) else None
     images = _walk_images(images_root, exclude)
     items: list[AnnotatedImage] = []
@@ -91,8 +91,8 @@ def find_annotated(images_root: Path, masks_root: Path, mask_format: str = "auto
     if not items:
         suffixes = " or ".join(MASK_SUFFIXES[mask_format])
         raise InvalidArgument(
-            f"no image under {str(images_root)!r} ({len(images)} images) has a mask <same sub-folder>/<stem>{suffixes} "
-            f"under {str(masks_root)!r}")
+            f"no image under images_path ({len(images)} images) has a mask <same sub-folder>/<stem>{suffixes} "
+            "under masks_path")
     if limit:
         items = items[:limit]
     return AnnotatedSet(items, without, mask_format)
@@ -104,15 +104,25 @@ def load_sample(item: AnnotatedImage, mask_format: str, *, max_bytes: int, max_p
     Raises:
         InvalidArgument: an undecodable image or mask (the message names the file).
     """
-    image = decode_image(item.image.read_bytes(), max_bytes=max_bytes, max_pixels=max_pixels, name=item.name)
+    image = decode_image(_read_bounded(item.image, max_bytes, item.name), max_bytes=max_bytes, max_pixels=max_pixels,
+                         name=item.name)
     h, w = image.shape[:2]
     try:
-        mask = load_mask(item.mask.read_bytes(), mask_format, h, w)
+        mask = load_mask(_read_bounded(item.mask, max_bytes, f"mask of {item.name}"), mask_format, h, w,
+                         max_bytes=max_bytes, max_pixels=max_pixels)
     except EmptyMask:
         return None
     except InvalidArgument as exc:
         raise InvalidArgument(f"mask {item.mask.name} of {item.name}: {exc.message}") from exc
     return LoadedSample(item, image, mask)
+
+
+def _read_bounded(path: Path, max_bytes: int, label: str) -> bytes:
+    """The file's bytes, refused from its size before reading when it is over the limit."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise InvalidArgument(f"{label} is too large: {size} bytes > limit {max_bytes}")
+    return path.read_bytes()
 
 
 def batches(items: Sequence[AnnotatedImage], size: int) -> Iterator[list[AnnotatedImage]]:

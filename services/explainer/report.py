@@ -5,7 +5,8 @@ service needs no plotting library: per model a bar for the mean and one for the 
 trivial baselines (whole image, centred disc) as dashed reference lines. Two more charts: the pointing
 game against its chance level, and mean IoU per mask-size bucket beside the whole-image baseline.
 
-Reports are written only under the service's output root or a configured data root.
+Reports are written only under the service's output root or a configured data root, and only into a
+folder that is new or that the explainer made (it holds ``.zdm-report``): never over a foreign file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
-from common.errors import InvalidArgument, PermissionDenied
+from common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from common.manifest import Manifest
 from common.overlap import SetScores
 
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 CSV_NAME = "per_image.csv"
 TABLE_NAME = "summary.md"
 JSON_NAME = "summary.json"
+OWNER_MARKER = ".zdm-report"  # in every folder the explainer made for reports
 METRICS = (("iou", "IoU"), ("iop", "IoP"), ("iogt", "IoGT"))
 
 
@@ -47,10 +49,12 @@ def resolve_output_dir(requested: str, output_root: Path, data_roots: Sequence[P
 
     Empty: a new ``eval-<time>-<id>`` folder under ``output_root``. Relative: under ``output_root``.
     Absolute: must lie (after resolving symlinks and ``..``) under ``output_root`` or a data root.
+    An existing folder is used only when the explainer made it (``OWNER_MARKER``) or it is empty.
 
     Raises:
         InvalidArgument: a NUL byte in the path.
         PermissionDenied: the folder would be outside those roots.
+        FailedPrecondition: the folder exists with files the explainer did not write, or is a file.
     """
     if "\x00" in requested:
         raise InvalidArgument("output_dir contains a NUL byte")
@@ -62,10 +66,25 @@ def resolve_output_dir(requested: str, output_root: Path, data_roots: Sequence[P
         target = (raw if raw.is_absolute() else root / raw).resolve()
     allowed = [root, *(Path(r).resolve() for r in data_roots)]
     if not any(target.is_relative_to(r) for r in allowed):
-        raise PermissionDenied(
-            f"output_dir {requested!r} is outside the output root and the data roots: {', '.join(map(str, allowed))}")
-    target.mkdir(parents=True, exist_ok=True)
+        raise PermissionDenied(f"output_dir {requested!r} is outside the output root and the data roots")
+    _claim(target, requested)
     return target
+
+
+def _claim(folder: Path, requested: str) -> None:
+    """Make ``folder`` ours: create it, or accept it when it is already ours or empty; then mark it."""
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        if not folder.is_dir():
+            raise FailedPrecondition(f"output_dir {requested!r} exists and is not a folder") from None
+        if not (folder / OWNER_MARKER).is_file() and any(folder.iterdir()):
+            raise FailedPrecondition(
+                f"output_dir {requested!r} already holds files the explainer did not write; name a new folder") from None
+    marker = folder / OWNER_MARKER
+    if not marker.is_file():
+        with open(marker, "x", encoding="utf-8") as fh:  # O_EXCL: never through a planted symlink
+            fh.write("made by the zdm explainer; reports here may be replaced\n")
 
 
 # --------------------------------------------------------------------------- per-image CSV

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import grpc
 
-from common.errors import InvalidArgument
-from common.images import decode_image
+from common.errors import InvalidArgument, ResourceExhausted
+from common.images import decode_image, read_header
 from common.manifest import ExplanationDefaults
 from common.masks import load_mask
 from common.overlap import SetScores
@@ -53,13 +53,27 @@ MASK_FORMATS = {
 }
 
 
-def mask_from_proto(mask: common_pb2.Mask, height: int, width: int):
+#: Bytes an Explain answer carries besides its per-pixel fields (names, scores, PNG headers).
+ANSWER_OVERHEAD_BYTES = 64 * 1024
+
+
+def answer_bytes(width: int, height: int, want_png: bool) -> int:
+    """Upper bound of an Explain answer's size: float16 heatmap + mask bytes (+ RGB overlay and mask PNGs,
+    counted uncompressed)."""
+    per_pixel = 2 + 1 + (3 + 1 if want_png else 0)
+    return width * height * per_pixel + ANSWER_OVERHEAD_BYTES
+
+
+def mask_from_proto(mask: common_pb2.Mask, height: int, width: int, settings: ExplainerSettings):
     from common.masks import boxes_to_mask
 
     if mask.data:
-        return load_mask(mask.data, MASK_FORMATS.get(mask.format, "auto"), height, width)
+        return load_mask(mask.data, MASK_FORMATS.get(mask.format, "auto"), height, width,
+                         max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                         max_boxes=settings.max_mask_boxes)
     if mask.boxes:
-        gt = boxes_to_mask([(b.x0, b.y0, b.x1, b.y1) for b in mask.boxes], height, width)
+        gt = boxes_to_mask([(b.x0, b.y0, b.x1, b.y1) for b in mask.boxes], height, width,
+                           max_boxes=settings.max_mask_boxes)
         if not gt.any():
             raise InvalidArgument("mask boxes mark no pixel of the image")
         return gt
@@ -151,10 +165,11 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         started = time.perf_counter()
         if not request.image.data:
             raise InvalidArgument("image.data is required")
+        self._check_answer_fits(request)
         image = decode_image(request.image.data, max_bytes=self.settings.max_image_bytes,
                              max_pixels=self.settings.max_image_pixels, name=request.image.name)
         h, w = image.shape[:2]
-        gt = mask_from_proto(request.mask, h, w) if request.HasField("mask") else None
+        gt = mask_from_proto(request.mask, h, w, self.settings) if request.HasField("mask") else None
         ref = request.model
         loaded = self.store.get(ref.name, ref.version, ref.alias)
         resolved, (result,) = explain_images(loaded, [image], options_from(request), [gt] if gt is not None else None)
@@ -178,6 +193,17 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             response.mask_png = hm.mask_png(result.mask)
         response.seconds = time.perf_counter() - started
         return response
+
+    def _check_answer_fits(self, request: explainer_pb2.ExplainRequest) -> None:
+        """Refuse, from the image header and before any work, an answer that would break the message limit."""
+        header = read_header(request.image.data, name=request.image.name)
+        size = answer_bytes(header.width, header.height, request.want_png)
+        limit = self.settings.max_message_bytes
+        if size > limit:
+            raise ResourceExhausted(
+                f"the answer for a {header.width}x{header.height} image (heatmap and mask at full resolution"
+                f"{', PNGs' if request.want_png else ''}) could reach {size} bytes > the message limit {limit}; "
+                f"send a smaller image{' or set want_png false' if request.want_png else ''}")
 
     # -- datasets --------------------------------------------------------------------------------
     def _dataset(self, images_path: str, masks_path: str, mask_format: int, limit: int) -> AnnotatedSet:

@@ -107,7 +107,7 @@ def test_png_header_bomb_rejected_before_decoding() -> None:
     # IHDR claims 30000x30000 RGBA (3.6 GB decoded); the data is tiny and never decoded.
     bomb = _png(30000, 30000, 6, 8, b"\x00" * 100)
     assert len(bomb) < 200
-    assert read_header(bomb) == ("png", 30000, 30000)
+    assert read_header(bomb)[:3] == ("png", 30000, 30000)
     with pytest.raises(BadImage, match="900000000 pixels"):
         decode_image(bomb, name="bomb.png")
 
@@ -140,9 +140,9 @@ def _patch_size(data: bytes, fmt: str, width: int, height: int) -> bytes:
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "bmp", "tiff"])
 def test_pixel_limit_read_from_every_header(gray: np.ndarray, fmt: str) -> None:
     data = _encode(gray, EXT[fmt])
-    assert read_header(data) == (fmt, 30, 20)
+    assert read_header(data)[:3] == (fmt, 30, 20)
     huge = _patch_size(data, fmt, 30000, 30000)
-    assert read_header(huge) == (fmt, 30000, 30000)
+    assert read_header(huge)[:3] == (fmt, 30000, 30000)
     with pytest.raises(BadImage, match="pixels > limit"):
         decode_image(huge)
     with pytest.raises(BadImage, match="pixels > limit"):
@@ -154,9 +154,9 @@ def test_zero_size_header_rejected(gray: np.ndarray) -> None:
         decode_image(_patch_size(_encode(gray, ".png"), "png", 0, 20))
 
 
-def test_float_tiff_rejected() -> None:
+def test_float_tiff_rejected_from_its_header() -> None:
     data = _encode(np.full((4, 4), 0.5, np.float32), ".tiff")
-    with pytest.raises(BadImage, match="sample type"):
+    with pytest.raises(BadImage, match="32 bits per sample"):
         decode_image(data)
 
 

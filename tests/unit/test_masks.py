@@ -93,7 +93,7 @@ def test_errors() -> None:
         (png(square), "binary", "aspect ratio"),
         (png(np.zeros((6, 8), np.uint8)), "binary", "no defect pixel"),
         (png(np.full((6, 8, 3), 255, np.uint8)), "color", "no defect pixel"),
-        (b"\x89PNG\r\n\x1a\n garbage", "binary", "cannot decode"),
+        (b"\x89PNG\r\n\x1a\n garbage", "binary", "binary mask is not a valid PNG"),
         (b"\xff\xfe\x00\x81 not an image", "auto", "neither a decodable image nor UTF-8"),
         (b"", "auto", "empty"),
         (b"\n# nothing\n", "yolo", "no boxes"),
