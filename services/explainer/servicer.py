@@ -17,9 +17,10 @@ from common.paths import resolve_under_roots
 from common.settings import ExplainerSettings
 from protos.zdm.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 from services.explainer import heatmap as hm
-from services.explainer import report
+from services.explainer import method_names, report
 from services.explainer.annotated import AnnotatedSet, find_annotated
-from services.explainer.engine import ExplainOptions, explain_images
+from services.explainer.cam import GradientOptions
+from services.explainer.engine import ExplainOptions, Tiling, explain_images
 from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
 from services.explainer.model_store import ExplainerModelStore, LoadedModel
 from services.explainer.regions import REGIONS
@@ -30,14 +31,6 @@ log = logging.getLogger(__name__)
 #: Largest batch a dataset request may ask for (memory grows with it).
 MAX_BATCH_SIZE = 128
 
-METHOD_NAMES = {
-    explainer_pb2.METHOD_UNSPECIFIED: "",
-    explainer_pb2.METHOD_GRADCAM: "gradcam",
-    explainer_pb2.METHOD_GRADCAM_PLUS_PLUS: "gradcam++",
-    explainer_pb2.METHOD_EIGENCAM: "eigencam",
-    explainer_pb2.METHOD_ATTENTION: "attention",
-}
-METHOD_ENUMS = {v: k for k, v in METHOD_NAMES.items() if v}
 NORMALIZATION_NAMES = {
     explainer_pb2.NORMALIZATION_UNSPECIFIED: "",
     explainer_pb2.NORMALIZATION_MAX: "max",
@@ -66,22 +59,38 @@ def mask_from_proto(mask: common_pb2.Mask, height: int, width: int):
     raise InvalidArgument("mask has neither data nor boxes")
 
 
+def gradients_from(message: explainer_pb2.GradientOptions) -> GradientOptions:
+    return GradientOptions(smooth_samples=message.smooth_samples,
+                           smooth_noise=message.smooth_noise if message.HasField("smooth_noise") else 0.15,
+                           steps=message.steps or 16)
+
+
+def tiles_from(message: explainer_pb2.TileOptions) -> Tiling | None:
+    if not message.enabled:
+        return None
+    return Tiling(tile_size=message.tile_size, overlap=message.overlap if message.HasField("overlap") else 0.25)
+
+
 def options_from(request) -> ExplainOptions:
     return ExplainOptions(
-        method=METHOD_NAMES.get(request.method, ""),
+        method=method_names.name_of(request.method),
         layer=request.layer,
         threshold=request.threshold if request.HasField("threshold") else None,
         normalization=NORMALIZATION_NAMES.get(request.normalization, ""),
         target_class=getattr(request, "target_class", ""),
         heads=tuple(request.attention.heads) if hasattr(request, "attention") else (),
         region=request.region,  # "" = the manifest default
+        gradients=gradients_from(request.gradients),
+        tiles=tiles_from(request.tiles),
     )
 
 
 def scores_to_proto(scores) -> explainer_pb2.OverlapScores:
     return explainer_pb2.OverlapScores(
         iou=scores.iou, iop=scores.iop, iogt=scores.iogt, pointing_hit=bool(scores.pointing),
-        predicted_area=scores.pred_area, mask_area=scores.mask_area,
+        predicted_area=scores.pred_area, mask_area=scores.mask_area, energy=scores.energy or 0.0,
+        pixel_auc=scores.pixel_auc or 0.0, best_f1=scores.best_f1 or 0.0,
+        best_f1_threshold=scores.best_f1_threshold or 0.0,
     )
 
 
@@ -94,7 +103,8 @@ def aggregate_to_proto(s: SetScores, pointing: float | None = None) -> explainer
                                          predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
         pooled=explainer_pb2.OverlapScores(iou=s.pooled_iou, iop=s.pooled_iop, iogt=s.pooled_iogt,
                                            predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
-        pointing_game=rate or 0.0,
+        pointing_game=rate or 0.0, mean_energy=s.mean_energy or 0.0, mean_pixel_auc=s.mean_pixel_auc or 0.0,
+        mean_best_f1=s.mean_best_f1 or 0.0,
     )
 
 
@@ -105,7 +115,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
     summary = explainer_pb2.DatasetSummary(
         whole_image_baseline=aggregate_to_proto(b.whole_image, b.pointing_chance),
         centred_disc_baseline=aggregate_to_proto(b.centred_disc, b.pointing_centre),
-        pointing_chance=b.pointing_chance,
+        pointing_chance=b.pointing_chance, energy_chance=b.energy_chance, pixel_auc_chance=b.pixel_auc_chance,
+        best_f1_chance=b.best_f1_chance,
     )
     for m in evaluation.models:
         entry = summary.models.add(
@@ -163,7 +174,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             mask=result.mask.astype("uint8").tobytes(),
             threshold=resolved.threshold,
             normalization=NORMALIZATION_ENUMS[resolved.normalization],
-            method=METHOD_ENUMS[resolved.method],
+            method=method_names.ENUMS[resolved.method],
             layer=resolved.layer,
             region=resolved.region,
             predicted_class=result.predicted_class,
@@ -219,7 +230,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         regions = search_regions(request.regions)
         outcomes: list[SearchOutcome] = []
         # One pass over the images: each layer's heatmaps are scored for every region.
-        events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""), regions=regions,
+        events = search_defaults(loaded, dataset, method=method_names.name_of(request.method), regions=regions,
                                  layers=list(request.layers), thresholds=list(request.thresholds),
                                  batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
                                  max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
