@@ -20,7 +20,16 @@ from common.errors import InvalidArgument
 from common.images import preprocess_batch
 from common.overlap import OverlapScores, overlap
 from services.explainer import heatmap as hm
-from services.explainer.cam import METHODS, ExplanationMethod, GradientOptions, MapRequest, parse_layers, resolve_layer
+from services.explainer.cam import (
+    METHODS,
+    ExplanationMethod,
+    GradientOptions,
+    MapRequest,
+    fuse_maps,
+    layer_maps,
+    parse_layers,
+    resolve_layer,
+)
 from services.explainer.model_store import LoadedModel
 from services.explainer.regions import REGIONS, apply_region
 
@@ -255,3 +264,28 @@ def explain_images(loaded: LoadedModel, images: list[np.ndarray], opts: ExplainO
             scores=overlap(mask, gt, heat) if gt is not None else None,
         ))
     return resolved, out
+
+
+def candidate_heatmaps(loaded: LoadedModel, images: list[np.ndarray], method: str, specs: list[str],
+                       normalization: str, opts: ExplainOptions) -> dict[str, list[np.ndarray]]:
+    """Normalised heatmaps of one method at several layer specs (layers and fusions) for the same images.
+
+    For the CAM family one forward and one backward record every layer the specs name, and each
+    fusion is made from those maps (the same arithmetic as :func:`cam.explain_batch` on the spec);
+    other families run once per spec.
+    """
+    family = method_of(method).family
+    if family != "cam" or opts.tiles is not None:
+        out = {}
+        for spec in specs:
+            resolved = Resolved(method, spec, 0.0, normalization)
+            out[spec] = compute_heatmaps(loaded, images, resolved, opts)[0]
+        return out
+    parsed = {spec: parse_layers(spec) for spec in specs}
+    names = list(dict.fromkeys(f.name for layers in parsed.values() for f in layers))
+    target = _target(loaded, opts.target_class, len(images))
+    maps, _ = layer_maps(loaded.model, _inputs(loaded, images), names, method, target)
+    by_name = dict(zip(names, maps, strict=True))
+    return {spec: to_heatmaps(fuse_maps([by_name[f.name] for f in layers], [f.weight for f in layers]).contiguous(),
+                              images, normalization)
+            for spec, layers in parsed.items()}

@@ -24,7 +24,7 @@ from services.explainer.engine import ExplainOptions, Tiling, explain_images
 from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
 from services.explainer.model_store import ExplainerModelStore, LoadedModel
 from services.explainer.regions import REGIONS
-from services.explainer.search import Candidate, SearchOutcome, search_defaults
+from services.explainer.search import DEFAULT_HOLDOUT, Candidate, HeldOut, search_with_holdout
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
 
 def candidate_to_proto(c: Candidate, region: str) -> explainer_pb2.SearchCandidate:
     return explainer_pb2.SearchCandidate(layer=c.layer, threshold=c.threshold, score=c.score, mean_iou=c.mean_iou,
-                                         predicted_area=c.predicted_area, region=region)
+                                         predicted_area=c.predicted_area, region=region,
+                                         method=method_names.ENUMS.get(c.method, 0), pointing=c.pointing)
 
 
 def search_regions(requested) -> list[str]:
@@ -228,40 +229,46 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         ref = request.model
         loaded = self.store.get(ref.name, ref.version, ref.alias)
         regions = search_regions(request.regions)
-        outcomes: list[SearchOutcome] = []
-        # One pass over the images: each layer's heatmaps are scored for every region.
-        events = search_defaults(loaded, dataset, method=method_names.name_of(request.method), regions=regions,
-                                 layers=list(request.layers), thresholds=list(request.thresholds),
-                                 batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
-                                 max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
+        holdout = request.holdout_fraction if request.HasField("holdout_fraction") else DEFAULT_HOLDOUT
+        # One pass over the images per method: each layer's heatmaps are scored for every region.
+        events = search_with_holdout(
+            loaded, dataset, holdout_fraction=holdout, seed=request.seed, regions=regions,
+            method=method_names.name_of(request.method), methods=[method_names.name_of(m) for m in request.methods],
+            layers=list(request.layers), fusions=list(request.fusions), thresholds=list(request.thresholds),
+            batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
+            max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
         for event in events:
             if isinstance(event, Progress):
                 yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
             else:
-                outcomes.append(event)
-        if len(outcomes) == len(regions):
-            yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, outcomes, request.store))
+                yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, event, request.store))
 
-    def _search_result(self, loaded: LoadedModel, outcomes: list[SearchOutcome],
-                       store: bool) -> explainer_pb2.SearchResult:
-        """The best candidate over all regions (ties: the smaller predicted area, then the earlier region).
-
-        Stores the winner only when asked and when it beats the whole-image baseline (score > 0).
-        """
-        outcome = max(outcomes, key=lambda o: (o.best.score, -o.best.predicted_area))
+    def _search_result(self, loaded: LoadedModel, result: HeldOut, store: bool) -> explainer_pb2.SearchResult:
+        """The best candidate over all regions (search.best_outcome); stored only when asked and when it
+        beats the whole-image baseline (score > 0) — on the held-out images when there are some."""
+        outcome = result.best
         best = outcome.best
+        judged = result.held_out or best
         stored = False
         name, version = loaded.manifest.name, loaded.manifest.version
-        if store and best.score > 0:
+        if store and judged.score > 0:
             self.store.registry.update_explanation(name, version, ExplanationDefaults(
-                method=outcome.method, layer=best.layer, threshold=best.threshold,
+                method=best.method, layer=best.layer, threshold=best.threshold,
                 normalization=outcome.normalization, region=outcome.region))
             stored = True
             log.info("stored explanation defaults of %s v%d: %s at %s, threshold %g, region %s (score %.3f)",
-                     name, version, outcome.method, best.layer, best.threshold, outcome.region, best.score)
+                     name, version, best.method, best.layer, best.threshold, outcome.region, judged.score)
         elif store:
-            log.warning("not storing defaults of %s v%d: the best candidate (%s, %g, %s) does not beat the whole "
-                        "image (score %.3f)", name, version, best.layer, best.threshold, outcome.region, best.score)
-        return explainer_pb2.SearchResult(
+            log.warning("not storing defaults of %s v%d: the best candidate (%s, %s, %g, %s) does not beat the whole "
+                        "image (score %.3f)", name, version, best.method, best.layer, best.threshold, outcome.region,
+                        judged.score)
+        message = explainer_pb2.SearchResult(
             best=candidate_to_proto(best, outcome.region),
-            candidates=[candidate_to_proto(c, o.region) for o in outcomes for c in o.candidates], stored=stored)
+            candidates=[candidate_to_proto(c, o.region) for o in result.outcomes for c in o.candidates], stored=stored,
+            search_images=result.search_images, held_out_images=result.held_out_images)
+        if result.held_out is not None:
+            message.held_out.CopyFrom(candidate_to_proto(result.held_out, outcome.region))
+        if result.defaults_held_out is not None:
+            message.defaults_held_out.CopyFrom(candidate_to_proto(result.defaults_held_out,
+                                                                  loaded.manifest.explanation.region or "all"))
+        return message
