@@ -40,16 +40,15 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # we fork the server while channels exist
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import redis  # noqa: E402
 import torch  # noqa: E402
+from grpc_echo import EchoFloor  # a sibling: bench scripts run as files, their folder is on sys.path
 from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
-from bench.grpc_echo import EchoFloor  # noqa: E402
 from common.images import decode_image, preprocess_batch  # noqa: E402
 from common.manifest import Manifest, Preprocessing  # noqa: E402
 from common.models.zoo import build_model  # noqa: E402
@@ -61,7 +60,7 @@ from services.classifier.model_store import backend_factory  # noqa: E402
 
 CASTING_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "casting" / "test"
 CLASSES = ["def_front", "ok_front"]
-MEAN, STD = [0.5643] * 3, [0.2386] * 3  # casting training-split statistics (DESIGN.md)
+MEAN, STD = [0.5643] * 3, [0.2386] * 3  # casting training-split statistics (docs/design.md)
 IMAGE_SIZE = 224
 BATCH = 32
 CLIENTS = 8

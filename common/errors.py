@@ -9,6 +9,8 @@ class ZdmError(Exception):
     """Base of every error a service reports to its caller on purpose."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # Whether trying the same work again may succeed; False for errors about the request itself.
+    retryable: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -19,6 +21,7 @@ class InvalidArgument(ZdmError):
     """The request itself is wrong: bad image, bad mask, bad hyperparameter, unknown layer."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    retryable = False
 
 
 class BadImage(InvalidArgument):
@@ -29,6 +32,7 @@ class NotFound(ZdmError):
     """A named thing (model, version, alias, job, dataset) does not exist."""
 
     code = grpc.StatusCode.NOT_FOUND
+    retryable = False
 
 
 class Unavailable(ZdmError):
@@ -41,6 +45,7 @@ class FailedPrecondition(ZdmError):
     """The request conflicts with the current state (job conflict, reused idempotency key)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    retryable = False
 
 
 class DeadlineExceeded(ZdmError):
@@ -53,6 +58,7 @@ class PermissionDenied(ZdmError):
     """A path outside the configured data roots."""
 
     code = grpc.StatusCode.PERMISSION_DENIED
+    retryable = False
 
 
 class ResourceExhausted(ZdmError):
@@ -65,3 +71,14 @@ class Cancelled(ZdmError):
     """The work was cancelled (a cancelled job, a cancelled call)."""
 
     code = grpc.StatusCode.CANCELLED
+
+
+def error_class(name: str) -> type[ZdmError] | None:
+    """The domain error class of this module called `name` (errors crossing a process boundary by name)."""
+    pending: list[type[ZdmError]] = [ZdmError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == name and cls.__module__ == __name__:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return None

@@ -31,7 +31,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from client.sdk import TrainerClient, wait_serving  # noqa: E402
 from client.stack import die_with_parent, free_port  # noqa: E402

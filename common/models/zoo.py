@@ -4,7 +4,7 @@ Each spec says how to build the network with a new classification head, which mo
 head, the ordered layer groups used by the freeze policies, the input size, and the thesis's
 explanation defaults translated to the module names of the chosen implementation.
 
-Implementation choices (see DESIGN.md for the thesis facts):
+Implementation choices (thesis facts: docs/design.md):
 
 - torchvision for AlexNet, EfficientNetV2-S and ConvNeXt-T: their thesis layers are torchvision module
   names, timm has no AlexNet and no ImageNet weights for the plain `efficientnetv2_s`, and timm's

@@ -49,15 +49,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
-from common.errors import (
-    Cancelled,
-    FailedPrecondition,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    ZdmError,
-)
+from common.errors import error_class
 from common.models.freeze import FreezeReport
 from common.models.zoo import build_model, get_spec
 from services.trainer.ranks import RESULT_WEIGHTS, RankSpec, rank_main
@@ -74,9 +66,6 @@ CHECK_INTERVAL_SECONDS = 0.1  # how often the worker's check (cancel, shutdown, 
 PRELOAD = ["services.trainer.ranks"]  # imported once by the fork server
 DIED = "died"  # the error kind of a rank that exited non-zero without reporting an error
 
-# Errors about the job itself keep their class across the process boundary (the worker does not retry them).
-DOMAIN_ERRORS: dict[str, type[ZdmError]] = {cls.__name__: cls for cls in (
-    InvalidArgument, NotFound, PermissionDenied, FailedPrecondition, ResourceExhausted, Cancelled)}
 
 
 def plan_devices(devices: int, device: str | None) -> tuple[str, list[str]]:
@@ -209,10 +198,12 @@ class _Supervisor:
         if self.errors:
             # The cause is an error about the job (bad data) or a rank that died; the other ranks' broken
             # connections are consequences.
-            rank, kind, message = next((e for e in self.errors if e[1] in DOMAIN_ERRORS),
+            # Domain errors keep their class across the process boundary, and with it their retryability.
+            rank, kind, message = next((e for e in self.errors if error_class(e[1]) is not None),
                                        next((e for e in self.errors if e[1] == DIED), self.errors[0]))
-            if kind in DOMAIN_ERRORS:
-                return DOMAIN_ERRORS[kind](message)
+            domain = error_class(kind)
+            if domain is not None:
+                return domain(message)
             return RuntimeError(f"distributed training failed: rank {rank} {kind}: {message}")
         if self.stopped:
             return RuntimeError("the ranks stopped without a stop request")

@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from common import log as log_context
-from common.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ZdmError
+from common.errors import Cancelled, InvalidArgument, NotFound, ZdmError
 from common.grpc_server import stop_on_signals
 from common.jobqueue import (
     CANCELLED,
@@ -59,10 +59,6 @@ from services.trainer.sweep import on_child_finished
 from services.trainer.training import BatchProgress, EpochReport, FitHooks, FitOptions, StartInfo, fit
 
 log = logging.getLogger(__name__)
-
-# Errors that describe the job itself: retrying cannot help.
-NON_RETRYABLE: tuple[type[ZdmError], ...] = (InvalidArgument, NotFound, PermissionDenied, FailedPrecondition)
-
 
 class Interrupted(Exception):
     """The worker is shutting down: hand the job back for another worker to resume."""
@@ -207,7 +203,7 @@ class Worker:
             self._hand_back(claim, record, str(error))
         elif isinstance(error, Cancelled):
             self._finish(claim, self.queue.get(job_id), CANCELLED, error="cancelled")
-        elif isinstance(error, NON_RETRYABLE):
+        elif isinstance(error, ZdmError) and not error.retryable:
             self._fail(claim, self.queue.get(job_id), f"{type(error).__name__}: {error.message}")
         else:
             log.error("job %s attempt %d failed", job_id, attempt, exc_info=error)

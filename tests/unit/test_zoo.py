@@ -15,7 +15,7 @@ from common.models.zoo import ZOO, build_model, get_spec, transformer_blocks
 TINY = ["test_resnet", "test_efficientnet", "test_convnext", "test_vit", "test_swin", "luna"]
 BIG = ["alexnet", "resnet18", "efficientnetv2_s", "convnext_tiny", "vit_b16", "swin_t", "dino_vits16"]
 
-# The thesis's explanation layers (DESIGN.md) in the names of the chosen implementations.
+# The thesis's explanation layers (docs/design.md) in the names of the chosen implementations.
 THESIS = {
     "luna": ("gradcam", "block4.maxpool", 0.4),
     "alexnet": ("gradcam", "features.11", 0.5),
