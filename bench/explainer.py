@@ -18,6 +18,14 @@ every image (batch 16 and batch 1), the minimum reported.
 The last line of output is one JSON object; targets: ``speedup_vs_gradcam_b16`` >= 3.0,
 ``min_pearson_r`` >= 0.99, and the moonshot ``explain_over_classify_b16`` <= 1.2.
 
+Then one line per newer method of the registry (``--method-rounds`` interleaved rounds at batch 16,
+each beside our Grad-CAM at ``conv_head`` in the same round): ``<method>_over_gradcam_b16``, its cost per
+image relative to our Grad-CAM (target <= 2.0), and where the ``grad-cam`` package has the method
+(LayerCAM, HiResCAM) ``<method>_speedup_vs_package_b16`` with the Pearson r of the two maps. Methods:
+LayerCAM and HiResCAM at ``conv_head`` and at the earlier ``blocks.4`` (14 x 14 at 224 px), a fusion of
+``blocks.4`` and ``conv_head``, gradient x input, SmoothGrad (4 samples) and integrated gradients (4 steps;
+the cost grows linearly with the steps and samples).
+
 Usage: ``python bench/explainer.py [--rounds 10] [--threads 0]`` (needs ``pip install grad-cam==1.5.7``,
 the ``bench`` extra).
 """
@@ -42,7 +50,7 @@ from common.images import decode_image, preprocess_batch  # noqa: E402
 from common.models.weights import lite0_pypi_state_dict  # noqa: E402
 from common.models.zoo import build_model  # noqa: E402
 from services.explainer import heatmap as hm  # noqa: E402
-from services.explainer.cam import explain_batch  # noqa: E402
+from services.explainer.cam import METHODS, GradientOptions, MapRequest, explain_batch  # noqa: E402
 
 CASTING_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "casting" / "test" / "def_front"
 LAST_CONV = "conv_head"
@@ -81,6 +89,57 @@ def theirs(model: torch.nn.Module, x: torch.Tensor, layer: str) -> np.ndarray:
         return cam(input_tensor=x, targets=None)
 
 
+#: (label, method, layer spec, gradient options, grad-cam class name or None)
+NEW_METHODS: tuple[tuple[str, str, str, GradientOptions, str | None], ...] = (
+    ("layercam", "layercam", LAST_CONV, GradientOptions(), "LayerCAM"),
+    ("hirescam", "hirescam", LAST_CONV, GradientOptions(), "HiResCAM"),
+    ("layercam_blocks4", "layercam", "blocks.4", GradientOptions(), "LayerCAM"),
+    ("hirescam_blocks4", "hirescam", "blocks.4", GradientOptions(), "HiResCAM"),
+    ("gradcam_fusion", "gradcam", f"blocks.4+{LAST_CONV}", GradientOptions(), None),
+    ("grad_x_input", "grad-x-input", "", GradientOptions(), None),
+    ("smoothgrad4", "grad-x-input", "", GradientOptions(smooth_samples=4), None),
+    ("integrated_gradients4", "integrated-gradients", "", GradientOptions(steps=4), None),
+)
+
+
+def ours_method(model: torch.nn.Module, x: torch.Tensor, method: str, layer: str,
+                gradients: GradientOptions) -> np.ndarray:
+    maps, _ = METHODS[method].maps(model, x, MapRequest(layer=layer, gradients=gradients))
+    return hm.to_image_size(hm.normalize(maps, "minmax"), SIZE, SIZE).numpy()
+
+
+def theirs_method(model: torch.nn.Module, x: torch.Tensor, class_name: str, layer: str) -> np.ndarray:
+    import pytorch_grad_cam
+
+    with getattr(pytorch_grad_cam, class_name)(model=model, target_layers=[model.get_submodule(layer)]) as cam:
+        return cam(input_tensor=x, targets=None)
+
+
+def new_methods(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Per-image cost of each newer method relative to our Grad-CAM (and to the package where it has it)."""
+    result: dict[str, float] = {}
+    for label, method, layer, gradients, package in NEW_METHODS:
+        ours_maps = ours_method(model, x, method, layer, gradients)  # warm-up
+        over, speedup = [], []
+        for _ in range(rounds):
+            base = seconds(lambda: ours(model, x, LAST_CONV))
+            mine = seconds(lambda m=method, la=layer, g=gradients: ours_method(model, x, m, la, g))
+            over.append(mine / base)
+            if package:
+                speedup.append(seconds(lambda p=package, la=layer: theirs_method(model, x, p, la)) / mine)
+        result[f"{label}_over_gradcam_b16"] = round(statistics.median(over), 3)
+        line = f"{label:>22}: {statistics.median(over):5.2f}x our Grad-CAM per image at batch {BATCH}"
+        if package:
+            theirs_maps = theirs_method(model, x, package, layer)
+            r = min(pearson(ours_maps[i], theirs_maps[i]) for i in range(BATCH))
+            result[f"{label}_speedup_vs_package_b16"] = round(statistics.median(speedup), 3)
+            result[f"{label}_min_pearson_r"] = round(r, 5)
+            line += f"   speedup vs grad-cam's {package} {statistics.median(speedup):5.2f}x   min Pearson r {r:.5f}"
+        print(line, flush=True)
+        model.zero_grad(set_to_none=True)
+    return result
+
+
 def forward(model: torch.nn.Module, x: torch.Tensor) -> None:
     with torch.inference_mode():
         model(x)
@@ -104,6 +163,7 @@ def main() -> None:
     parser.add_argument("--singles", type=int, default=4, help="batch-1 calls per round and method")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--layer", default=LAST_CONV, help="target layer (default: the last conv layer)")
+    parser.add_argument("--method-rounds", type=int, default=3, help="rounds for each newer method (0 = skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -153,6 +213,8 @@ def main() -> None:
         "explain_over_classify_b16": round(ratio(f"ours_b{BATCH}", f"forward_b{BATCH}"), 3),
         "min_pearson_r": round(min(r_values), 5),
     }
+    if args.method_rounds:
+        result.update(new_methods(model, x, args.method_rounds))
     print(json.dumps(result))
 
 

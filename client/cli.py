@@ -27,6 +27,7 @@ from client.sdk import (
 )
 from client.stack import DEFAULT_PORTS, SERVICES, Stack, free_port
 from protos.zdm.v1 import common_pb2, explainer_pb2, trainer_pb2
+from services.explainer import method_names
 
 app = typer.Typer(help="Zero-defect inspection: trainer, classifier and explainer services.", no_args_is_help=True)
 train_app = typer.Typer(help="Training jobs.", no_args_is_help=True)
@@ -344,9 +345,7 @@ def classify(
                           f"{verdict.timing.total_ms:.1f} ms)")
 
 
-METHODS = {"": explainer_pb2.METHOD_UNSPECIFIED, "gradcam": explainer_pb2.METHOD_GRADCAM,
-           "gradcam++": explainer_pb2.METHOD_GRADCAM_PLUS_PLUS, "eigencam": explainer_pb2.METHOD_EIGENCAM,
-           "attention": explainer_pb2.METHOD_ATTENTION}
+METHODS = method_names.ENUMS
 
 
 @app.command()
@@ -356,11 +355,13 @@ def explain(
     mask: Annotated[Path | None, typer.Option(help="Defect mask (PNG, YOLO txt or x0,y0,x1,y1 lines).")] = None,
     model: str = "",
     version: int = 0,
-    method: Annotated[str, typer.Option(help="gradcam | gradcam++ | eigencam | attention")] = "",
+    method: Annotated[str, typer.Option(help=" | ".join(m for m in METHODS if m))] = "",
     layer: str = "",
     threshold: Annotated[float | None, typer.Option(help="Default: the model's.")] = None,
     region: Annotated[str, typer.Option(help="all | peak (only the region around the heatmap's maximum). "
                                              "Default: the model's.")] = "",
+    tiles: Annotated[bool, typer.Option(help="Explain overlapping tiles at the model's input scale and stitch "
+                                             "the maps (large images, small defects).")] = False,
     out: Annotated[Path | None, typer.Option(help="Write the overlay PNG here.")] = None,
 ) -> None:
     """Heatmap, thresholded mask and (with --mask) IoU / IoP / IoGT for one image."""
@@ -368,7 +369,8 @@ def explain(
         raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
     request = explainer_pb2.ExplainRequest(image=image_from(file), model=model_ref(model, version),
                                            method=METHODS[method], layer=layer, region=region,
-                                           want_png=out is not None)
+                                           want_png=out is not None,
+                                           tiles=explainer_pb2.TileOptions(enabled=tiles))
     if threshold is not None:
         request.threshold = threshold
     if mask is not None:
@@ -376,7 +378,7 @@ def explain(
         request.mask.CopyFrom(common_pb2.Mask(data=mask.read_bytes(), format=fmt))
     response = ExplainerClient(Endpoints.from_env().explainer).explain(request)
     console.print(f"{file}: predicted {response.predicted_class} ({response.probability:.3f}); explained "
-                  f"{response.explained_class} with {explainer_pb2.Method.Name(response.method)} at {response.layer}, "
+                  f"{response.explained_class} with {method_names.name_of(response.method)} at {response.layer}, "
                   f"threshold {response.threshold:.2f}, region {response.region or 'all'}")
     if response.HasField("scores"):
         s = response.scores

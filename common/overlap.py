@@ -12,6 +12,16 @@ Conventions:
 * Pointing game: the maximum is ``numpy.argmax`` of the heatmap (the first maximum in row-major
   order); a constant heatmap points nowhere and counts as a miss.
 
+Threshold-free scores of the heatmap H itself (given with it), which no choice of threshold or
+region can game, each with its chance level:
+
+* **energy** (energy-based pointing game): ``sum(H * G) / sum(H)``, the share of the map's mass inside
+  G; a map spread evenly scores the mask area (its chance level); an all-zero map scores 0.
+* **pixel AUC**: the ROC AUC of H as a per-pixel classifier of G (ties count half); chance 0.5, and
+  0.5 as well when G covers the whole image (no negative pixel).
+* **best F1**: the highest F1 (Dice) of ``H > t`` against G over every threshold t, and that t;
+  marking the whole image scores ``2a / (1 + a)`` (a = the mask area), its chance level.
+
 Over a set, :class:`OverlapAccumulator` reports the mean of the per-image scores and the pooled
 scores (sums of intersections, unions and areas over the set, then one ratio: the thesis summed),
 which weight large defects more. Every score comes with trivial baselines on the same masks: the
@@ -43,6 +53,10 @@ class OverlapScores:
     pred_pixels: int
     mask_pixels: int
     pixels: int
+    energy: float | None = None  # None when no heatmap was given (as for the three below)
+    pixel_auc: float | None = None
+    best_f1: float | None = None
+    best_f1_threshold: float | None = None
 
     def as_dict(self) -> dict[str, float | int | bool | None]:
         return asdict(self)
@@ -61,6 +75,7 @@ def overlap(pred: np.ndarray, gt: np.ndarray, heatmap: np.ndarray | None = None)
     intersection = int(np.logical_and(pred, gt).sum())
     union = pred_pixels + mask_pixels - intersection
     pixels = gt.size
+    free = threshold_free(heatmap, gt) if heatmap is not None else (None, None, None, None)
     return OverlapScores(
         iou=intersection / union,
         iop=intersection / pred_pixels if pred_pixels else 0.0,
@@ -73,7 +88,45 @@ def overlap(pred: np.ndarray, gt: np.ndarray, heatmap: np.ndarray | None = None)
         pred_pixels=pred_pixels,
         mask_pixels=mask_pixels,
         pixels=pixels,
+        energy=free[0],
+        pixel_auc=free[1],
+        best_f1=free[2],
+        best_f1_threshold=free[3],
     )
+
+
+def threshold_free(heatmap: np.ndarray, gt: np.ndarray) -> tuple[float, float, float, float]:
+    """``(energy, pixel AUC, best F1, best-F1 threshold)`` of ``heatmap`` against ``gt`` (see the module)."""
+    heat = np.asarray(heatmap, dtype=np.float64)
+    gt = np.asarray(gt, dtype=bool)
+    if heat.shape != gt.shape:
+        raise InvalidArgument(f"heatmap {heat.shape} and defect mask {gt.shape} differ in size")
+    if not np.isfinite(heat).all():
+        raise InvalidArgument("heatmap has non-finite values")
+    flat, inside = heat.ravel(), gt.ravel()
+    positives = int(inside.sum())
+    if positives == 0:
+        raise InvalidArgument("defect mask marks no pixel: overlap is undefined")
+    mass = float(np.clip(flat, 0, None).sum())
+    energy = float(np.clip(flat[inside], 0, None).sum() / mass) if mass > 0 else 0.0
+    values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)  # ascending
+    positives_at = np.bincount(inverse, weights=inside, minlength=values.size)
+    negatives = flat.size - positives
+    if negatives:
+        # Mann-Whitney: each positive beats the negatives below it and ties with those at its value.
+        negatives_at = counts - positives_at
+        below = np.concatenate([[0.0], np.cumsum(negatives_at)[:-1]])
+        auc = float((positives_at * (below + 0.5 * negatives_at)).sum() / (positives * negatives))
+    else:
+        auc = 0.5
+    # Predicting every pixel at or above values[j] (= strictly above values[j - 1]), j descending.
+    tp = np.cumsum(positives_at[::-1])[::-1]
+    predicted = np.cumsum(counts[::-1])[::-1]
+    f1 = 2 * tp / (predicted + positives)
+    best = int(np.argmax(f1[::-1]))  # the first maximum from the top: the smallest such set
+    j = values.size - 1 - best
+    threshold = float(values[j - 1]) if j > 0 else 0.0
+    return energy, auc, float(f1[j]), threshold
 
 
 def pointing_hit(heatmap: np.ndarray, gt: np.ndarray) -> bool:
@@ -109,6 +162,9 @@ class SetScores:
     mean_pred_area: float
     mean_mask_area: float
     pointing_rate: float | None  # over the images that had a heatmap; None if none had
+    mean_energy: float | None = None  # threshold-free scores over the same images; None without heatmaps
+    mean_pixel_auc: float | None = None
+    mean_best_f1: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +176,9 @@ class OverlapSummary:
     centred_disc: SetScores
     pointing_chance: float  # mean mask area fraction: a uniformly random point's hit rate
     pointing_centre: float  # rate at which the image centre lies in the defect
+    energy_chance: float = 0.0  # mean mask area: an evenly spread map's energy
+    pixel_auc_chance: float = 0.5
+    best_f1_chance: float = 0.0  # mean F1 of the whole image marked, 2a / (1 + a)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -160,6 +219,8 @@ class OverlapAccumulator:
             centred_disc=aggregate(discs),
             pointing_chance=mean_area,
             pointing_centre=float(np.mean(centre_hits)),
+            energy_chance=mean_area,
+            best_f1_chance=float(np.mean([2 * s.mask_area / (1 + s.mask_area) for s in self.per_image])),
         )
 
     def _unpack(self, index: int) -> np.ndarray:
@@ -176,6 +237,7 @@ def aggregate(scores: list[OverlapScores]) -> SetScores:
     pred = sum(s.pred_pixels for s in scores)
     mask = sum(s.mask_pixels for s in scores)
     pointed = [s.pointing for s in scores if s.pointing is not None]
+    free = [s for s in scores if s.energy is not None]
     return SetScores(
         count=len(scores),
         mean_iou=float(np.mean([s.iou for s in scores])),
@@ -187,6 +249,9 @@ def aggregate(scores: list[OverlapScores]) -> SetScores:
         mean_pred_area=float(np.mean([s.pred_area for s in scores])),
         mean_mask_area=float(np.mean([s.mask_area for s in scores])),
         pointing_rate=float(np.mean(pointed)) if pointed else None,
+        mean_energy=float(np.mean([s.energy for s in free])) if free else None,
+        mean_pixel_auc=float(np.mean([s.pixel_auc for s in free])) if free else None,
+        mean_best_f1=float(np.mean([s.best_f1 for s in free])) if free else None,
     )
 
 
@@ -206,4 +271,5 @@ __all__ = [
     "centred_disc",
     "overlap",
     "pointing_hit",
+    "threshold_free",
 ]

@@ -229,4 +229,28 @@ _KINDS: dict[str, Callable[[nn.Module, Tensor, str | int, list[int] | None], tup
     "swin": _swin,
 }
 
-__all__ = ["attention_batch", "attention_map", "swin_window_attention", "vit_attention_weights"]
+class AttentionMethod:
+    """Attention maps as an explanation method (see ``cam.ExplanationMethod``): the layer names a
+    transformer block, the kind comes from the architecture's spec. Class-agnostic."""
+
+    name = "attention"
+    family = "attention"
+    needs_layer = True
+    class_agnostic = True
+
+    def maps(self, model: nn.Module, x: Tensor, request: Any) -> tuple[Tensor, Tensor]:
+        if request.attention is None:
+            raise InvalidArgument("this architecture has no attention maps")
+        return attention_batch(model, x, request.attention, request.layer, request.heads)
+
+
+ATTENTION = AttentionMethod()
+
+__all__ = [
+    "ATTENTION",
+    "AttentionMethod",
+    "attention_batch",
+    "attention_map",
+    "swin_window_attention",
+    "vit_attention_weights",
+]

@@ -4,7 +4,9 @@ The images are read once per batch and explained by every model in turn (the sam
 masks), through the same pipeline as a single Explain call (:func:`engine.explain_images`). Per
 model: mean and pooled IoU / IoP / IoGT and the pointing game, overall and split by mask size; beside
 them the trivial baselines on the same masks (the whole image marked, a centred disc of the mean
-mask area) and the pointing game's chance level, overall and per size bucket. A model
+mask area) and the pointing game's chance level, overall and per size bucket. Beside them the
+threshold-free scores of the maps (energy, pixel AUC, best F1; :mod:`common.overlap`) with their
+chance levels. A model
 *beats the baselines* when its mean IoU is above both baselines' and its pointing game above chance.
 
 Memory stays bounded by the batch: per image only the scores are kept (and, for the disc baseline,
@@ -24,8 +26,7 @@ from common.errors import InvalidArgument
 from common.overlap import OverlapAccumulator, OverlapScores, SetScores, aggregate
 from services.explainer import report
 from services.explainer.annotated import AnnotatedSet, sample_batches
-from services.explainer.cam import resolve_layer
-from services.explainer.engine import ExplainOptions, Resolved, explain_images, resolve_options
+from services.explainer.engine import ExplainOptions, Resolved, check_layer, explain_images, resolve_options
 from services.explainer.model_store import LoadedModel
 
 
@@ -57,6 +58,9 @@ class Baselines:
     centred_disc: SetScores
     pointing_chance: float  # mean mask area: a uniformly random point's hit rate
     pointing_centre: float  # how often the image centre lies in the defect
+    energy_chance: float = 0.0  # mean mask area: the energy of an evenly spread map
+    pixel_auc_chance: float = 0.5
+    best_f1_chance: float = 0.0  # mean F1 of the whole image marked
 
 
 @dataclass(frozen=True)
@@ -114,7 +118,8 @@ class _BaselineTally:
     def _baselines(acc: OverlapAccumulator) -> Baselines:
         summary = acc.summary()
         return Baselines(len(acc), summary.whole_image, summary.centred_disc, summary.pointing_chance,
-                         summary.pointing_centre)
+                         summary.pointing_centre, summary.energy_chance, summary.pixel_auc_chance,
+                         summary.best_f1_chance)
 
     def result(self) -> tuple[Baselines, dict[str, Baselines]]:
         by_size = {b.label: self._baselines(self.buckets[b.label]) for b in SIZE_BUCKETS if b.label in self.buckets}
@@ -152,8 +157,7 @@ def resolve_all(models: Sequence[LoadedModel], opts: ExplainOptions | Sequence[E
     resolved = []
     for model, model_opts in zip(models, per_model(models, opts), strict=True):
         res = resolve_options(model, model_opts)
-        if res.method != "attention":
-            resolve_layer(model.model, res.layer)
+        check_layer(model, res.method, res.layer)
         resolved.append(res)
     return resolved
 

@@ -109,6 +109,9 @@ class ImageRow:
     predicted_class: str
     probability: float
     explained_class: str
+    energy: float | None = None  # threshold-free scores of the heatmap (common.overlap)
+    pixel_auc: float | None = None
+    best_f1: float | None = None
 
     @classmethod
     def of(cls, image: str, manifest: Manifest, resolved: Resolved, explanation: Explanation, bucket: str) -> ImageRow:
@@ -116,7 +119,8 @@ class ImageRow:
         assert s is not None
         return cls(image, manifest.name, manifest.version, resolved.method, resolved.layer, resolved.threshold,
                    resolved.region, bucket, s.iou, s.iop, s.iogt, bool(s.pointing), s.pred_area, s.mask_area,
-                   explanation.predicted_class, explanation.probability, explanation.explained_class)
+                   explanation.predicted_class, explanation.probability, explanation.explained_class,
+                   s.energy, s.pixel_auc, s.best_f1)
 
 
 CSV_FIELDS = tuple(f.name for f in dataclasses.fields(ImageRow))
@@ -159,6 +163,8 @@ class PerImageCsv:
 
 
 def _cell(value: object) -> object:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, float):
@@ -214,7 +220,22 @@ def markdown_table(evaluation: DatasetEvaluation) -> str:
             if scores is not None:
                 lines.append(_row(label, m.label, scores, "yes" if m.beats_by_size[label] else "no"))
         lines += _baseline_rows(label, baselines)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _threshold_free_rows(evaluation)) + "\n"
+
+
+def _threshold_free_rows(evaluation: DatasetEvaluation) -> list[str]:
+    """Energy, pixel AUC and best F1 of the maps (no threshold, no region), each beside its chance level."""
+    lines = ["", "Threshold-free scores of the heatmaps (chance: a map that knows nothing of the defect):", "",
+             "| set | model | energy | pixel AUC | best F1 |", "|---|---|---:|---:|---:|"]
+    sets = [("all", evaluation.baselines, {m.label: m.overall for m in evaluation.models})]
+    sets += [(label, b, {m.label: m.by_size[label] for m in evaluation.models if label in m.by_size})
+             for label, b in evaluation.baselines_by_size.items()]
+    for set_label, b, scores in sets:
+        for label, s in scores.items():
+            lines.append(f"| {set_label} | {label} | {_f(s.mean_energy)} | {_f(s.mean_pixel_auc)} | {_f(s.mean_best_f1)} |")
+        lines.append(f"| {set_label} | *chance* | {_f(b.energy_chance)} | {_f(b.pixel_auc_chance)} | "
+                     f"{_f(b.best_f1_chance)} |")
+    return lines
 
 
 # --------------------------------------------------------------------------- charts

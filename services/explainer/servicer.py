@@ -17,27 +17,20 @@ from common.paths import resolve_under_roots
 from common.settings import ExplainerSettings
 from protos.zdm.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 from services.explainer import heatmap as hm
-from services.explainer import report
+from services.explainer import method_names, report
 from services.explainer.annotated import AnnotatedSet, find_annotated
-from services.explainer.engine import ExplainOptions, explain_images
+from services.explainer.cam import GradientOptions
+from services.explainer.engine import ExplainOptions, Tiling, explain_images
 from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
 from services.explainer.model_store import ExplainerModelStore, LoadedModel
 from services.explainer.regions import REGIONS
-from services.explainer.search import Candidate, SearchOutcome, search_defaults
+from services.explainer.search import DEFAULT_HOLDOUT, Candidate, HeldOut, search_with_holdout
 
 log = logging.getLogger(__name__)
 
 #: Largest batch a dataset request may ask for (memory grows with it).
 MAX_BATCH_SIZE = 128
 
-METHOD_NAMES = {
-    explainer_pb2.METHOD_UNSPECIFIED: "",
-    explainer_pb2.METHOD_GRADCAM: "gradcam",
-    explainer_pb2.METHOD_GRADCAM_PLUS_PLUS: "gradcam++",
-    explainer_pb2.METHOD_EIGENCAM: "eigencam",
-    explainer_pb2.METHOD_ATTENTION: "attention",
-}
-METHOD_ENUMS = {v: k for k, v in METHOD_NAMES.items() if v}
 NORMALIZATION_NAMES = {
     explainer_pb2.NORMALIZATION_UNSPECIFIED: "",
     explainer_pb2.NORMALIZATION_MAX: "max",
@@ -80,22 +73,38 @@ def mask_from_proto(mask: common_pb2.Mask, height: int, width: int, settings: Ex
     raise InvalidArgument("mask has neither data nor boxes")
 
 
+def gradients_from(message: explainer_pb2.GradientOptions) -> GradientOptions:
+    return GradientOptions(smooth_samples=message.smooth_samples,
+                           smooth_noise=message.smooth_noise if message.HasField("smooth_noise") else 0.15,
+                           steps=message.steps or 16)
+
+
+def tiles_from(message: explainer_pb2.TileOptions) -> Tiling | None:
+    if not message.enabled:
+        return None
+    return Tiling(tile_size=message.tile_size, overlap=message.overlap if message.HasField("overlap") else 0.25)
+
+
 def options_from(request) -> ExplainOptions:
     return ExplainOptions(
-        method=METHOD_NAMES.get(request.method, ""),
+        method=method_names.name_of(request.method),
         layer=request.layer,
         threshold=request.threshold if request.HasField("threshold") else None,
         normalization=NORMALIZATION_NAMES.get(request.normalization, ""),
         target_class=getattr(request, "target_class", ""),
         heads=tuple(request.attention.heads) if hasattr(request, "attention") else (),
         region=request.region,  # "" = the manifest default
+        gradients=gradients_from(request.gradients),
+        tiles=tiles_from(request.tiles),
     )
 
 
 def scores_to_proto(scores) -> explainer_pb2.OverlapScores:
     return explainer_pb2.OverlapScores(
         iou=scores.iou, iop=scores.iop, iogt=scores.iogt, pointing_hit=bool(scores.pointing),
-        predicted_area=scores.pred_area, mask_area=scores.mask_area,
+        predicted_area=scores.pred_area, mask_area=scores.mask_area, energy=scores.energy or 0.0,
+        pixel_auc=scores.pixel_auc or 0.0, best_f1=scores.best_f1 or 0.0,
+        best_f1_threshold=scores.best_f1_threshold or 0.0,
     )
 
 
@@ -108,7 +117,8 @@ def aggregate_to_proto(s: SetScores, pointing: float | None = None) -> explainer
                                          predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
         pooled=explainer_pb2.OverlapScores(iou=s.pooled_iou, iop=s.pooled_iop, iogt=s.pooled_iogt,
                                            predicted_area=s.mean_pred_area, mask_area=s.mean_mask_area),
-        pointing_game=rate or 0.0,
+        pointing_game=rate or 0.0, mean_energy=s.mean_energy or 0.0, mean_pixel_auc=s.mean_pixel_auc or 0.0,
+        mean_best_f1=s.mean_best_f1 or 0.0,
     )
 
 
@@ -119,7 +129,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
     summary = explainer_pb2.DatasetSummary(
         whole_image_baseline=aggregate_to_proto(b.whole_image, b.pointing_chance),
         centred_disc_baseline=aggregate_to_proto(b.centred_disc, b.pointing_centre),
-        pointing_chance=b.pointing_chance,
+        pointing_chance=b.pointing_chance, energy_chance=b.energy_chance, pixel_auc_chance=b.pixel_auc_chance,
+        best_f1_chance=b.best_f1_chance,
     )
     for m in evaluation.models:
         entry = summary.models.add(
@@ -139,7 +150,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
 
 def candidate_to_proto(c: Candidate, region: str) -> explainer_pb2.SearchCandidate:
     return explainer_pb2.SearchCandidate(layer=c.layer, threshold=c.threshold, score=c.score, mean_iou=c.mean_iou,
-                                         predicted_area=c.predicted_area, region=region)
+                                         predicted_area=c.predicted_area, region=region,
+                                         method=method_names.ENUMS.get(c.method, 0), pointing=c.pointing)
 
 
 def search_regions(requested) -> list[str]:
@@ -178,7 +190,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             mask=result.mask.astype("uint8").tobytes(),
             threshold=resolved.threshold,
             normalization=NORMALIZATION_ENUMS[resolved.normalization],
-            method=METHOD_ENUMS[resolved.method],
+            method=method_names.ENUMS[resolved.method],
             layer=resolved.layer,
             region=resolved.region,
             predicted_class=result.predicted_class,
@@ -243,40 +255,46 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
         ref = request.model
         loaded = self.store.get(ref.name, ref.version, ref.alias)
         regions = search_regions(request.regions)
-        outcomes: list[SearchOutcome] = []
-        # One pass over the images: each layer's heatmaps are scored for every region.
-        events = search_defaults(loaded, dataset, method=METHOD_NAMES.get(request.method, ""), regions=regions,
-                                 layers=list(request.layers), thresholds=list(request.thresholds),
-                                 batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
-                                 max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
+        holdout = request.holdout_fraction if request.HasField("holdout_fraction") else DEFAULT_HOLDOUT
+        # One pass over the images per method: each layer's heatmaps are scored for every region.
+        events = search_with_holdout(
+            loaded, dataset, holdout_fraction=holdout, seed=request.seed, regions=regions,
+            method=method_names.name_of(request.method), methods=[method_names.name_of(m) for m in request.methods],
+            layers=list(request.layers), fusions=list(request.fusions), thresholds=list(request.thresholds),
+            batch_size=self.settings.batch_size, max_image_bytes=self.settings.max_image_bytes,
+            max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active)
         for event in events:
             if isinstance(event, Progress):
                 yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
             else:
-                outcomes.append(event)
-        if len(outcomes) == len(regions):
-            yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, outcomes, request.store))
+                yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, event, request.store))
 
-    def _search_result(self, loaded: LoadedModel, outcomes: list[SearchOutcome],
-                       store: bool) -> explainer_pb2.SearchResult:
-        """The best candidate over all regions (ties: the smaller predicted area, then the earlier region).
-
-        Stores the winner only when asked and when it beats the whole-image baseline (score > 0).
-        """
-        outcome = max(outcomes, key=lambda o: (o.best.score, -o.best.predicted_area))
+    def _search_result(self, loaded: LoadedModel, result: HeldOut, store: bool) -> explainer_pb2.SearchResult:
+        """The best candidate over all regions (search.best_outcome); stored only when asked and when it
+        beats the whole-image baseline (score > 0) — on the held-out images when there are some."""
+        outcome = result.best
         best = outcome.best
+        judged = result.held_out or best
         stored = False
         name, version = loaded.manifest.name, loaded.manifest.version
-        if store and best.score > 0:
+        if store and judged.score > 0:
             self.store.registry.update_explanation(name, version, ExplanationDefaults(
-                method=outcome.method, layer=best.layer, threshold=best.threshold,
+                method=best.method, layer=best.layer, threshold=best.threshold,
                 normalization=outcome.normalization, region=outcome.region))
             stored = True
             log.info("stored explanation defaults of %s v%d: %s at %s, threshold %g, region %s (score %.3f)",
-                     name, version, outcome.method, best.layer, best.threshold, outcome.region, best.score)
+                     name, version, best.method, best.layer, best.threshold, outcome.region, judged.score)
         elif store:
-            log.warning("not storing defaults of %s v%d: the best candidate (%s, %g, %s) does not beat the whole "
-                        "image (score %.3f)", name, version, best.layer, best.threshold, outcome.region, best.score)
-        return explainer_pb2.SearchResult(
+            log.warning("not storing defaults of %s v%d: the best candidate (%s, %s, %g, %s) does not beat the whole "
+                        "image (score %.3f)", name, version, best.method, best.layer, best.threshold, outcome.region,
+                        judged.score)
+        message = explainer_pb2.SearchResult(
             best=candidate_to_proto(best, outcome.region),
-            candidates=[candidate_to_proto(c, o.region) for o in outcomes for c in o.candidates], stored=stored)
+            candidates=[candidate_to_proto(c, o.region) for o in result.outcomes for c in o.candidates], stored=stored,
+            search_images=result.search_images, held_out_images=result.held_out_images)
+        if result.held_out is not None:
+            message.held_out.CopyFrom(candidate_to_proto(result.held_out, outcome.region))
+        if result.defaults_held_out is not None:
+            message.defaults_held_out.CopyFrom(candidate_to_proto(result.defaults_held_out,
+                                                                  loaded.manifest.explanation.region or "all"))
+        return message

@@ -1,4 +1,5 @@
-"""EvaluateDataset and SearchDefaults over a real gRPC channel, against independent recomputations."""
+"""EvaluateDataset and SearchDefaults over a real gRPC channel, against independent recomputations; also the
+newer methods and options over Explain, the threshold-free scores and the held-out search."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from common.registry import Registry
 from common.settings import CommonSettings, ExplainerSettings
 from protos.zdm.v1 import common_pb2, explainer_pb2, explainer_pb2_grpc
 from services.explainer import heatmap as hm
+from services.explainer import method_names
 from services.explainer.__main__ import build
 from services.explainer.annotated import find_annotated
 from services.explainer.evaluate import SIZE_BUCKETS
 from services.explainer.model_store import LoadedModel
-from services.explainer.search import search_defaults, threshold_sweep
+from services.explainer.search import search_defaults, split_dataset, threshold_sweep
 from tests.service.classifier_support import publish, random_state
 
 THRESHOLD = 0.3
@@ -292,7 +294,8 @@ def test_search_picks_the_localising_layer_and_stores_it(service, roots, crafted
     assert before.layer == "flat"  # loaded and cached with the published defaults
 
     progress, result = _events(stub.SearchDefaults(explainer_pb2.SearchDefaultsRequest(
-        model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True)))
+        model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True,
+        holdout_fraction=0)))  # every image in the search: the figures below are over all of them
     assert progress[-1].done == progress[-1].total == len(SQUARES)
     assert len(result.candidates) == 3 * 9  # the architecture's three candidates x 0.1 .. 0.9
     whole = np.mean([side * side / CRAFTED_SIZE**2 for _, _, side in SQUARES])
@@ -316,7 +319,7 @@ def test_search_picks_the_localising_layer_and_stores_it(service, roots, crafted
     # a search restricted to layers that cannot beat the whole image stores nothing
     _, result = _events(stub.SearchDefaults(explainer_pb2.SearchDefaultsRequest(
         model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True,
-        layers=["flat", "inverse"], thresholds=[0.2, 0.6])))
+        layers=["flat", "inverse"], thresholds=[0.2, 0.6], holdout_fraction=0)))
     assert len(result.candidates) == 4 and not result.stored and result.best.score <= 0
     assert registry.manifest(manifest.name, manifest.version).explanation.layer == "sharp"
 
@@ -328,7 +331,7 @@ def test_search_over_regions_stores_the_winning_region(service, roots, crafted_a
     crafted = roots["crafted"]
     request = explainer_pb2.SearchDefaultsRequest(
         model=ref, images_path=str(crafted / "images"), masks_path=str(crafted / "masks"), store=True,
-        layers=["sharp"], thresholds=[0.5], regions=["peak", "all", "peak"])
+        layers=["sharp"], thresholds=[0.5], regions=["peak", "all", "peak"], holdout_fraction=0)
     progress, result = _events(stub.SearchDefaults(request))
     assert progress[-1].done == progress[-1].total == len(SQUARES)  # one pass over the images for both regions
     assert [c.region for c in result.candidates] == ["peak", "all"]
@@ -369,3 +372,90 @@ def test_search_objective_leaves_out_large_masks_and_searches_peak_regions(roots
         assert outcome.whole_image_iou == pytest.approx(whole)
         assert (outcome.best.layer, outcome.region) == ("sharp", region)
         assert outcome.best.mean_iou == pytest.approx(1.0)  # each crafted image has one square: peak keeps it all
+
+
+# --- issue 13: new methods and options, threshold-free scores, the held-out search -------------------
+
+
+def _request_paths(roots) -> dict[str, str]:
+    crafted = roots["crafted"]
+    return {"images_path": str(crafted / "images"), "masks_path": str(crafted / "masks")}
+
+
+def test_new_methods_tiles_and_threshold_free_scores_over_grpc(service, roots, crafted_arch) -> None:
+    stub, registry = service
+    manifest = publish_crafted(registry)
+    ref = common_pb2.ModelRef(name=manifest.name)
+    crafted = roots["crafted"]
+    image = (crafted / "images" / "sq_3.png").read_bytes()
+    mask = common_pb2.Mask(data=(crafted / "masks" / "sq_3.png").read_bytes())
+    for method, layer in ((explainer_pb2.METHOD_LAYERCAM, "sharp"), (explainer_pb2.METHOD_HIRESCAM, "sharp+flat:0"),
+                          (explainer_pb2.METHOD_GRAD_X_INPUT, ""), (explainer_pb2.METHOD_INTEGRATED_GRADIENTS, "")):
+        request = explainer_pb2.ExplainRequest(image=common_pb2.Image(data=image), model=ref, method=method,
+                                               layer=layer, threshold=0.5, mask=mask,
+                                               gradients=explainer_pb2.GradientOptions(steps=4, smooth_samples=2))
+        reply = stub.Explain(request)
+        assert reply.method == method and reply.layer == layer
+        s = reply.scores
+        if layer:
+            assert s.pointing_hit and s.energy > 0.9 and s.pixel_auc > 0.9, (method, s)
+        else:  # on this model |input x gradient| is the same inside and outside the square: chance level
+            assert s.energy == pytest.approx(s.mask_area, abs=0.02) and s.pixel_auc == pytest.approx(0.5, abs=0.02)
+        assert s.best_f1 >= max(s.iou, 2 * s.iou / (1 + s.iou)) - 1e-9  # F1 of the served threshold at most
+        request.tiles.CopyFrom(explainer_pb2.TileOptions(enabled=True, tile_size=16, overlap=0.5))
+        tiled = stub.Explain(request)
+        assert len(tiled.heatmap.float16_data) == 2 * CRAFTED_SIZE**2
+        assert tiled.scores.energy > 0.5 or not layer
+    bad = explainer_pb2.ExplainRequest(image=common_pb2.Image(data=image), model=ref,
+                                       method=explainer_pb2.METHOD_ATTENTION, layer="1")
+    with pytest.raises(Exception, match="no attention maps"):
+        stub.Explain(bad)
+
+    _, summary = _events(stub.EvaluateDataset(explainer_pb2.EvaluateDatasetRequest(
+        models=[ref], layer="sharp", threshold=0.5, **_request_paths(roots))))
+    areas = [side * side / CRAFTED_SIZE**2 for _, _, side in SQUARES]
+    assert summary.energy_chance == pytest.approx(np.mean(areas))
+    assert summary.pixel_auc_chance == 0.5
+    assert summary.best_f1_chance == pytest.approx(np.mean([2 * a / (1 + a) for a in areas]))
+    overall = summary.models[0].overall
+    assert overall.mean_energy == pytest.approx(1.0) and overall.mean_pixel_auc == pytest.approx(1.0)
+    assert overall.mean_best_f1 == pytest.approx(1.0)
+    assert "pixel AUC" in summary.table_markdown and "*chance*" in summary.table_markdown
+
+
+def test_search_over_methods_and_fusions_holds_out_half_by_default(service, roots, crafted_arch) -> None:
+    stub, registry = service
+    manifest = publish_crafted(registry)
+    ref = common_pb2.ModelRef(name=manifest.name)
+    request = explainer_pb2.SearchDefaultsRequest(
+        model=ref, layers=["flat", "sharp"], fusions=["flat+sharp"], thresholds=[0.5], store=True, seed=3,
+        methods=[explainer_pb2.METHOD_LAYERCAM, explainer_pb2.METHOD_GRAD_X_INPUT], **_request_paths(roots))
+    _, result = _events(stub.SearchDefaults(request))
+    assert (result.search_images, result.held_out_images) == (3, 2)  # round(5 * 0.5) held out
+    sources = [(method_names.name_of(c.method), c.layer) for c in result.candidates]
+    fused = ["flat:0.25+sharp:0.75", "flat:0.5+sharp:0.5", "flat:0.75+sharp:0.25"]
+    assert sources == [(m, layer) for m in ("gradcam", "layercam") for layer in ("flat", "sharp", *fused)] + [
+        ("grad-x-input", "")]
+    by_source = dict(zip(sources, result.candidates, strict=True))
+    assert by_source[("gradcam", "sharp")].mean_iou == pytest.approx(1.0)
+    assert by_source[("gradcam", "flat")].score == pytest.approx(0.0, abs=1e-6)  # marks everything
+    assert result.best.layer == "sharp" and result.stored
+    assert (result.held_out.layer, result.held_out.method) == (result.best.layer, result.best.method)
+    assert result.defaults_held_out.layer == "flat" and result.defaults_held_out.score == pytest.approx(0, abs=1e-6)
+
+    # the held-out figures are a search of the winner alone on the images the search did not see
+    model = _crafted_head(Crafted()).eval()
+    loaded = LoadedModel(Manifest(name="crafted", version=1, architecture="test_crafted",
+                                  classes=["def_front", "ok_front"], defect_class="def_front",
+                                  preprocessing=Preprocessing(image_size=CRAFTED_SIZE, mean=[0.5] * 3, std=[0.5] * 3),
+                                  explanation=zoo._gradcam("flat", 0.5)), crafted_arch, model)
+    dataset = find_annotated(roots["crafted"] / "images", roots["crafted"] / "masks")
+    searched, held = split_dataset(dataset, 0.5, 3)
+    assert len(searched.items) == 3 and {i.name for i in searched.items}.isdisjoint(i.name for i in held.items)
+    *_, outcome = search_defaults(loaded, held, method=method_names.name_of(result.best.method),
+                                  layers=[result.best.layer], thresholds=[result.best.threshold])
+    assert outcome.candidates[0].score == pytest.approx(result.held_out.score, abs=1e-6)
+
+    request.holdout_fraction = 0.99
+    with pytest.raises(Exception, match="cannot be split"):
+        list(stub.SearchDefaults(request))

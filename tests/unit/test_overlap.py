@@ -91,7 +91,7 @@ def test_baselines() -> None:
     assert summary.centred_disc.mean_iou == pytest.approx(np.mean(expected_iou))
     assert summary.centred_disc.mean_iogt == pytest.approx(np.mean([(disc1 & gt1).sum() / 16, 0.0]))
     assert set(summary.as_dict()) == {"scores", "whole_image", "centred_disc", "pointing_chance",
-                                      "pointing_centre"}
+                                      "pointing_centre", "energy_chance", "pixel_auc_chance", "best_f1_chance"}
 
 
 def test_errors() -> None:
