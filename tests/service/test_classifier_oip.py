@@ -33,6 +33,8 @@ NAME = "casting"
 CLIENT = Path(__file__).with_name("oip_tritonclient.py")
 OUTPUTS = ["probabilities", "defect_probability", "defective", "threshold", "predicted_class"]
 ROOT = Path(__file__).resolve().parents[2]
+# Real casting photographs (read in place) join the synthetic files when the data is there.
+CASTING_TEST = Path(os.environ.get("ZDM_CASTING_TEST", ROOT.parent / "shared" / "data" / "casting" / "test"))
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,8 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
 
 
 def _image_files(root: Path) -> list[Path]:
-    return [*sorted((root / "data" / "test").glob("*/*.png"))[:3], root / "part.jpg"]
+    casting = [p for cls in ("def_front", "ok_front") for p in sorted((CASTING_TEST / cls).glob("*.jpeg"))[:1]]
+    return [*sorted((root / "data" / "test").glob("*/*.png"))[:3], root / "part.jpg", *casting]
 
 
 def _zdm_verdict(running: cs.Running, data: bytes, version: int = 0) -> classifier_pb2.Verdict:
