@@ -17,7 +17,7 @@ Inputs (exactly one, read by its datatype so clients written for other image mod
 Outputs (all unless the request names some): ``probabilities`` FP32 ``[N, C]`` in the manifest's class
 order, ``defect_probability`` FP32 ``[N]``, ``defective`` BOOL ``[N]`` (the verdict),
 ``threshold`` FP32 ``[N]`` and ``predicted_class`` BYTES ``[N]``. Request parameters ``line_id`` and
-``part_id`` (strings) go into the audit record like their zdm.v1 fields.
+``part_id`` (strings) go into the audit record like their zdm.v1 fields, and so does the request's ``id``.
 
 A process can hold only one definition of the ``inference`` package: ``tritonclient.grpc`` carries its
 own, so a client process uses tritonclient or :mod:`protos.inference`, not both.
@@ -160,12 +160,12 @@ class InferenceProtocolServicer(oip_grpc.GRPCInferenceServiceServicer):
             with self._store.lease(selector.name, selector.version, selector.alias) as model:
                 if images is not None:
                     verdicts = self._classifier.classify_images(
-                        model, images, context, started, line_id=line_id, part_ids=part_ids
+                        model, images, context, started, line_id=line_id, part_ids=part_ids, request_id=request.id
                     )
                 else:
                     pixels = _pixels(tensor, model.manifest)
                     verdicts = self._classifier.classify_tensors(
-                        model, pixels, context, started, line_id=line_id, part_ids=part_ids
+                        model, pixels, context, started, line_id=line_id, part_ids=part_ids, request_id=request.id
                     )
                 manifest, backend = model.manifest, model.backend.name
             response = oip.ModelInferResponse(

@@ -124,6 +124,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         *,
         line_id: str = "",
         part_ids: Sequence[str] = (),
+        request_id: str = "",
     ) -> list[classifier_pb2.Verdict]:
         """Verdicts (audited) for encoded images, as ClassifyBatch computes them; BadImage names the index."""
 
@@ -135,7 +136,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 raise BadImage(f"images[{i}]: {exc.message}") from exc
 
         outputs = self._batch_outputs(model, len(images), prepare, context)
-        return self._verdicts(model, outputs, started, line_id, part_ids)
+        return self._verdicts(model, outputs, started, line_id, part_ids, request_id)
 
     def classify_tensors(
         self,
@@ -146,6 +147,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         *,
         line_id: str = "",
         part_ids: Sequence[str] = (),
+        request_id: str = "",
     ) -> list[classifier_pb2.Verdict]:
         """Verdicts (audited) for already preprocessed float32 NCHW tensors the caller has validated;
         the audit's image hash is the SHA-256 of each tensor's bytes."""
@@ -155,7 +157,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             return tensor, hashlib.sha256(tensor.tobytes()).hexdigest(), 0.0
 
         outputs = self._batch_outputs(model, len(tensors), prepare, context)
-        return self._verdicts(model, outputs, started, line_id, part_ids)
+        return self._verdicts(model, outputs, started, line_id, part_ids, request_id)
 
     def observed(self, method: str) -> contextlib.AbstractContextManager[None]:
         """Counts and times a call of ``method`` in the classifier's call metrics."""
@@ -168,11 +170,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         started: float,
         line_id: str,
         part_ids: Sequence[str],
+        request_id: str = "",
     ) -> list[classifier_pb2.Verdict]:
         verdicts = []
         for i, (sha, decode_ms, out) in enumerate(outputs):
             part_id = part_ids[i] if part_ids else ""
-            verdicts.append(self._verdict(_Pending(model, sha, decode_ms, started, "", line_id, part_id), out))
+            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id)
+            verdicts.append(self._verdict(pending, out))
         return verdicts
 
     def _batch_outputs(

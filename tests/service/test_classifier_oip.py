@@ -144,6 +144,7 @@ def test_tritonclient_classifies_image_files_like_classify(service: tuple[cs.Run
     audit = running.stub.QueryAudit(classifier_pb2.AuditQuery(part_id=part_id), timeout=10)
     assert len(audit.records) == len(files)
     assert {r.model.version for r in audit.records} == {2}
+    assert {e.request_id for e in running.app.audit.query(part_id)} == {"oip-1"}  # the OIP request id
 
 
 def _oip(running: cs.Running) -> oip_grpc.GRPCInferenceServiceStub:
