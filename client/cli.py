@@ -388,5 +388,46 @@ def explain(
         console.print(f"overlay written to {out}")
 
 
+# -- export (branch oip) ------------------------------------------------------------------------------
+@app.command("export")
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="NAME, NAME:VERSION or NAME:ALIAS (default: alias production, else newest).")],
+    fmt: Annotated[str, typer.Option("--format", help="onnx | openvino")] = "onnx",
+    layout: Annotated[str, typer.Option(help="registry: into the version's folder (hashes in its manifest); triton: "
+                                             "a Triton / OpenVINO Model Server repository under --output")] = "registry",
+    output: Annotated[Path | None, typer.Option(help="Model repository folder (--layout triton).")] = None,
+    registry: Annotated[Path | None, typer.Option(help="Registry root; default ZDM_REGISTRY.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Conversion cache; default ZDM_CACHE_DIR.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the export record as JSON.")] = False,
+) -> None:
+    """Write a version's verified ONNX / OpenVINO conversion for ONNX Runtime, OpenVINO Model Server or Triton.
+
+    Runs here, on the registry's file system (not through a service): see services/classifier/model_export.py.
+    """
+    from common.errors import ZdmError
+    from common.registry import Registry
+    from common.settings import CommonSettings
+    from services.classifier.model_export import export_model, parse_ref
+
+    settings = CommonSettings()
+    try:
+        name, version, alias = parse_ref(model)
+        with console.status(f"converting and verifying {model} ({fmt})…", spinner="dots"):
+            result = export_model(Registry(registry or settings.registry), cache_dir or settings.cache_dir, name,
+                                  version, alias, fmt=fmt, layout=layout, output=output)
+    except ZdmError as exc:
+        console.print(f"[red]{exc.code.name}[/red]: {exc.message}")
+        raise typer.Exit(1) from None
+    m, record = result.manifest, result.record
+    if as_json:
+        print(json.dumps({"model": m.name, "version": m.version, "layout": layout, "folder": str(result.folder),
+                          "reused": result.reused, **record.model_dump()}))
+        return
+    state = "already exported, unchanged" if result.reused else "written"
+    console.print(f"{m.name} v{m.version} {fmt}: {state} in {result.folder}")
+    for rel, f in record.files.items():
+        console.print(f"  {rel}  {f.size} bytes  sha256 {f.sha256}")
+
+
 if __name__ == "__main__":
     app()

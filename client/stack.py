@@ -20,6 +20,7 @@ from pathlib import Path
 
 from client.sdk import Endpoints, wait_serving
 from common.redis_conn import EmbeddedRedis
+from common.settings import CommonSettings
 
 SERVICES = ("trainer", "classifier", "explainer")
 SERVICE_NAMES = {"trainer": "zdm.v1.Trainer", "classifier": "zdm.v1.Classifier", "explainer": "zdm.v1.Explainer"}
@@ -56,14 +57,27 @@ class Stack:
     def endpoints(self) -> Endpoints:
         return Endpoints(*(f"127.0.0.1:{self.ports[s]}" for s in SERVICES))
 
+    def data_root_paths(self) -> list[Path]:
+        """The stack's own data folder, the caller's extra roots, and the user's ZDM_DATA_ROOTS when set
+        (parsed as the services parse it), else the working directory. A user's list is never widened
+        with the working directory: it is there to restrict what the services may read."""
+        user_set = bool(os.environ.get("ZDM_DATA_ROOTS", "").strip())
+        base = CommonSettings().data_roots if user_set else [Path.cwd()]
+        roots: list[Path] = []
+        for path in (self.home / "data", *base, *self.data_roots):
+            resolved = Path(path).expanduser().resolve()
+            if resolved not in roots:
+                roots.append(resolved)
+        return roots
+
     def env(self) -> dict[str, str]:
-        roots = [self.home / "data", Path.cwd(), *self.data_roots]
+        roots = self.data_root_paths()
         env = dict(os.environ)
         env.update({
             "REDIS_URL": self.redis_url,
             "ZDM_REGISTRY": str(self.home / "registry"),
             "ZDM_CACHE_DIR": str(self.home / "cache"),
-            "ZDM_DATA_ROOTS": json.dumps([str(p.resolve()) for p in roots]),
+            "ZDM_DATA_ROOTS": json.dumps([str(p) for p in roots]),
             "ZDM_TRAINER_CHECKPOINT_DIR": str(self.home / "checkpoints"),
             "ZDM_EXPLAINER_OUTPUT_ROOT": str(self.home / "reports"),
             "PYTHONUNBUFFERED": "1",

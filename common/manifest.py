@@ -50,6 +50,23 @@ class FreezeSpec(BaseModel):
         return "unfrozen"
 
 
+class ExportedFile(BaseModel):
+    size: int
+    sha256: str
+
+
+class ExportRecord(BaseModel):
+    """A verified conversion stored in the version's folder by `zdm export` (services.classifier.model_export)."""
+
+    format: str  # "onnx" or "openvino"
+    files: dict[str, ExportedFile]  # path relative to the version folder -> size and hash
+    input_name: str
+    output_name: str  # float32 logits N x C, in `classes` order (softmax gives the probabilities)
+    input_shape: list[int]  # N x 3 x S x S with N = -1 (dynamic)
+    converter: str  # the conversion's cache entry name: format, size and converter version
+    created_at: float = Field(default_factory=time.time)
+
+
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     name: str
@@ -75,6 +92,7 @@ class Manifest(BaseModel):
     # Classes meaning "not defective"; empty (manifests before several classes): every class but defect_class.
     ok_classes: list[str] = Field(default_factory=list)
     dataset_check: dict[str, Any] = Field(default_factory=dict)  # the trainer's DatasetReport (proto3 JSON)
+    exports: dict[str, ExportRecord] = Field(default_factory=dict)  # format -> files written by `zdm export`
 
     @property
     def defect_index(self) -> int:

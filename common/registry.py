@@ -31,7 +31,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save_file
 
 from common.errors import InvalidArgument, NotFound, Unavailable
-from common.manifest import MANIFEST_FILE, WEIGHTS_FILE, ExplanationDefaults, Manifest
+from common.manifest import MANIFEST_FILE, WEIGHTS_FILE, ExplanationDefaults, ExportRecord, Manifest
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 ALIASES_FILE = "aliases.json"
@@ -229,6 +229,47 @@ class Registry:
         with self._locked(name):
             manifest = self.manifest(name, version).model_copy(update={"explanation": defaults})
             self._replace(self.path(name, version) / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
+        return manifest
+
+    def add_export(self, name: str, version: int, record: ExportRecord, sources: Mapping[str, Path]) -> Manifest:
+        """Add the files of ``record`` (relative path -> source file) to a published version, then record them.
+
+        The version folder never shows a half-written export: the files are copied into a temporary
+        folder beside it, fsynced, checked against the record's hashes and renamed into place as one
+        folder (replacing an older export of the same format, which is removed after); only then is the
+        manifest rewritten atomically with the record. A reader trusts the files the manifest lists.
+        """
+        folders = {Path(rel).parts[0] for rel in record.files}
+        if set(sources) != set(record.files) or len(folders) != 1 or any(len(Path(r).parts) != 2 for r in record.files):
+            raise InvalidArgument("an export's files must all lie in one folder of the version: <folder>/<file>")
+        (folder,) = folders
+        check_name("export folder", folder)
+        version_dir = self.path(name, version)
+        with self._locked(name):
+            manifest = self.manifest(name, version)  # NotFound for an unknown model or version
+            tmp = version_dir / f".tmp-{uuid.uuid4().hex}"
+            tmp.mkdir()
+            old = version_dir / f".old-{uuid.uuid4().hex}"
+            try:
+                for rel, source in sources.items():
+                    target = tmp / Path(rel).name
+                    shutil.copyfile(source, target)
+                    with open(target, "rb") as fh:
+                        os.fsync(fh.fileno())
+                    want = record.files[rel]
+                    if target.stat().st_size != want.size or _sha256(target) != want.sha256:
+                        raise InvalidArgument(f"{source} changed while it was exported (hash mismatch)")
+                final = version_dir / folder
+                if final.exists():
+                    os.rename(final, old)
+                os.rename(tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+            exports = {**manifest.exports, record.format: record}
+            manifest = manifest.model_copy(update={"exports": exports})
+            self._replace(version_dir / MANIFEST_FILE, manifest.model_dump_json(indent=2).encode())
         return manifest
 
     @contextlib.contextmanager

@@ -1,4 +1,5 @@
-"""Wires the classifier together: registry, model store, thresholds, audit, metrics, gRPC server.
+"""Wires the classifier together: registry, model store, thresholds, audit, metrics, gRPC server
+(zdm.v1.Classifier and, on the same port, the Open Inference Protocol's inference.GRPCInferenceService).
 
 Used by ``python -m services.classifier``, the tests and the benchmark, so all three run the same
 service.
@@ -13,7 +14,9 @@ import redis
 from common.grpc_server import RunningServer, ServiceBinding, build_server
 from common.registry import Registry
 from common.settings import ClassifierSettings
+from protos.inference import open_inference_pb2_grpc
 from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc
+from services.classifier import inference_protocol
 from services.classifier.audit import AuditLog
 from services.classifier.metrics import ClassifierMetrics
 from services.classifier.model_store import BackendFactory, ModelStore
@@ -61,6 +64,9 @@ class ClassifierApp:
             on_ready=self._on_ready,
         )
         self.servicer = ClassifierServicer(settings, self.store, self.registry, self.thresholds, self.audit, self.metrics)
+        self.inference_servicer = inference_protocol.InferenceProtocolServicer(
+            settings, self.store, self.registry, self.servicer
+        )
         self.server: RunningServer | None = None
 
     @property
@@ -72,11 +78,18 @@ class ClassifierApp:
     def start(self) -> int:
         """Bind and start the server, then load models in the background; returns the bound port."""
         s = self.settings
-        binding = ServiceBinding(self.servicer, classifier_pb2_grpc.add_ClassifierServicer_to_server, SERVICE_NAME)
+        bindings = [
+            ServiceBinding(self.servicer, classifier_pb2_grpc.add_ClassifierServicer_to_server, SERVICE_NAME),
+            ServiceBinding(
+                self.inference_servicer,
+                open_inference_pb2_grpc.add_GRPCInferenceServiceServicer_to_server,
+                inference_protocol.SERVICE_NAME,
+            ),
+        ]
         self.server = build_server(
             s.host,
             s.port,
-            [binding],
+            bindings,
             max_workers=s.max_workers,
             max_message_bytes=s.max_message_bytes,
             grace_seconds=s.grace_seconds,

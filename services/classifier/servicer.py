@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -120,32 +120,91 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 self._check_id_length(f"images[{i}].name", image.name)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
-                outputs = self._batch_outputs(model, images, context)
-                verdicts = []
-                for i, (sha, decode_ms, out) in enumerate(outputs):
-                    part_id = part_ids[i] if part_ids else ""
-                    pending = _Pending(model, sha, decode_ms, started, "", request.line_id, part_id)
-                    verdicts.append(self._verdict(pending, out))
+                verdicts = self.classify_images(model, images, context, started, line_id=request.line_id, part_ids=part_ids)
             return classifier_pb2.ClassifyBatchResponse(verdicts=verdicts)
 
+    # -- the verdict path for other front ends (services.classifier.inference_protocol) ------------
+    def classify_images(
+        self,
+        model: LoadedModel,
+        images: Sequence[common_pb2.Image],
+        context: grpc.ServicerContext,
+        started: float,
+        *,
+        line_id: str = "",
+        part_ids: Sequence[str] = (),
+        request_id: str = "",
+    ) -> list[classifier_pb2.Verdict]:
+        """Verdicts (audited) for encoded images, as ClassifyBatch computes them; BadImage names the index."""
+
+        def prepare(i: int) -> tuple[np.ndarray, str, float]:
+            image = images[i]
+            try:
+                return self._prepare(model, image, image.name or f"#{i}")
+            except BadImage as exc:
+                raise BadImage(f"images[{i}]: {exc.message}") from exc
+
+        outputs = self._batch_outputs(model, len(images), prepare, context)
+        return self._verdicts(model, outputs, started, line_id, part_ids, request_id)
+
+    def classify_tensors(
+        self,
+        model: LoadedModel,
+        tensors: np.ndarray,
+        context: grpc.ServicerContext,
+        started: float,
+        *,
+        line_id: str = "",
+        part_ids: Sequence[str] = (),
+        request_id: str = "",
+    ) -> list[classifier_pb2.Verdict]:
+        """Verdicts (audited) for already preprocessed float32 NCHW tensors the caller has validated;
+        the audit's image hash is the SHA-256 of each tensor's bytes."""
+
+        def prepare(i: int) -> tuple[np.ndarray, str, float]:
+            tensor = np.ascontiguousarray(tensors[i], dtype=np.float32)
+            return tensor, hashlib.sha256(tensor.tobytes()).hexdigest(), 0.0
+
+        outputs = self._batch_outputs(model, len(tensors), prepare, context)
+        return self._verdicts(model, outputs, started, line_id, part_ids, request_id)
+
+    def observed(self, method: str) -> contextlib.AbstractContextManager[None]:
+        """Counts and times a call of ``method`` in the classifier's call metrics."""
+        return self._observed(method)
+
+    def _verdicts(
+        self,
+        model: LoadedModel,
+        outputs: list[tuple[str, float, BatchOutput]],
+        started: float,
+        line_id: str,
+        part_ids: Sequence[str],
+        request_id: str = "",
+    ) -> list[classifier_pb2.Verdict]:
+        verdicts = []
+        for i, (sha, decode_ms, out) in enumerate(outputs):
+            part_id = part_ids[i] if part_ids else ""
+            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id)
+            verdicts.append(self._verdict(pending, out))
+        return verdicts
+
     def _batch_outputs(
-        self, model: LoadedModel, images: Sequence[common_pb2.Image], context: grpc.ServicerContext
+        self,
+        model: LoadedModel,
+        count: int,
+        prepare: Callable[[int], tuple[np.ndarray, str, float]],
+        context: grpc.ServicerContext,
     ) -> list[tuple[str, float, BatchOutput]]:
-        """(sha256, decode ms, output) per image. Decodes chunk k+1 while chunk k computes, so at most
-        two chunks of tensors are alive however many images the call carries. Nothing is audited
-        before every image has decoded: a bad image fails the whole call."""
+        """(sha256, decode ms, output) per item; ``prepare(i)`` gives item i's (tensor, sha256, decode ms).
+        Prepares chunk k+1 while chunk k computes, so at most two chunks of tensors are alive however
+        many items the call carries. Nothing is audited before every item has been prepared: a bad
+        image fails the whole call."""
         chunk = max(1, self._settings.max_batch_size)
         deadline = _deadline(context)
         results: list[tuple[str, float, BatchOutput]] = []
         in_flight: list[tuple[str, float, Future[BatchOutput]]] = []
-        for start in range(0, len(images), chunk):
-            prepared = []
-            for i in range(start, min(start + chunk, len(images))):
-                image = images[i]
-                try:
-                    prepared.append(self._prepare(model, image, image.name or f"#{i}"))
-                except BadImage as exc:
-                    raise BadImage(f"images[{i}]: {exc.message}") from exc
+        for start in range(0, count, chunk):
+            prepared = [prepare(i) for i in range(start, min(start + chunk, count))]
             futures = model.batcher.submit_many([p[0] for p in prepared], deadline=deadline, is_active=context.is_active)
             results += [(sha, ms, _wait(f, context)) for sha, ms, f in in_flight]
             in_flight = [(sha, ms, f) for (_, sha, ms), f in zip(prepared, futures, strict=True)]

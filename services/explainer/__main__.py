@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 
-from common.grpc_server import ServiceBinding, build_server, stop_on_signals
+from common.errors import ZdmError
+from common.grpc_server import RunningServer, ServiceBinding, build_server, stop_on_signals
 from common.images import silence_opencv_logs
 from common.log import setup_logging
 from common.registry import Registry
@@ -15,9 +17,14 @@ from services.explainer.servicer import ExplainerServicer
 
 log = logging.getLogger("services.explainer")
 
+# How often the explainer looks for a first model while it has none (health NOT_SERVING meanwhile).
+READY_POLL_SECONDS = 1.0
+
 
 def build(settings: ExplainerSettings):
-    """The started server (health SERVING: models load on demand) and its servicer."""
+    """The started server and its servicer. Health is NOT_SERVING until the default model (named, else
+    the newest published) has loaded, as for the classifier; a background thread polls the registry
+    for it. Other models still load on demand."""
     store = ExplainerModelStore(Registry(settings.common.registry), settings.default_model, settings.default_alias)
     servicer = ExplainerServicer(settings, store)
     server = build_server(settings.host, settings.port,
@@ -25,8 +32,29 @@ def build(settings: ExplainerSettings):
                                           "zdm.v1.Explainer")],
                           max_workers=settings.max_workers, max_message_bytes=settings.max_message_bytes,
                           grace_seconds=settings.grace_seconds)
-    server.set_serving(True)
+    threading.Thread(target=_serve_once_loaded, args=(store, server), name="explainer-ready", daemon=True).start()
     return server, servicer
+
+
+def _serve_once_loaded(store: ExplainerModelStore, server: RunningServer) -> None:
+    """Load the default model (polling until one is published), then report SERVING; ends with the server."""
+    last_error = ""
+    while True:
+        try:
+            loaded = store.get()
+        except ZdmError as exc:  # nothing published yet (UNAVAILABLE) or the named model is missing
+            message = exc.message
+        except Exception as exc:  # noqa: BLE001 - a broken checkpoint: logged, retried at the next poll
+            message = f"{type(exc).__name__}: {exc}"
+        else:
+            log.info("explainer ready: model %s:%d loaded", loaded.manifest.name, loaded.manifest.version)
+            server.set_serving(True)
+            return
+        if message != last_error:
+            log.info("explainer not ready: %s", message)
+            last_error = message
+        if not server.server.wait_for_termination(timeout=READY_POLL_SECONDS):
+            return  # the server stopped
 
 
 def main() -> None:

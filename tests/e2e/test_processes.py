@@ -40,9 +40,11 @@ def test_stack_processes_serve_reflect_and_stop(tmp_path, redis_url, key_prefix)
             assert SERVICE_NAMES[service] in _services(address)
             assert "grpc.health.v1.Health" in _services(address)
         assert _health(stack.endpoints.trainer, "zdm.v1.Trainer") == health_pb2.HealthCheckResponse.SERVING
-        assert _health(stack.endpoints.explainer, "zdm.v1.Explainer") == health_pb2.HealthCheckResponse.SERVING
-        # no model published yet: the classifier is up but not ready
+        # no model published yet: the classifier and the explainer are up but not ready
         assert _health(stack.endpoints.classifier, "zdm.v1.Classifier") == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert _health(stack.endpoints.explainer, "zdm.v1.Explainer") == health_pb2.HealthCheckResponse.NOT_SERVING
+        # the classifier's port also serves the Open Inference Protocol
+        assert "inference.GRPCInferenceService" in _services(stack.endpoints.classifier)
     finally:
         stack.stop()
     for pid in pids:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-GENERATED = ROOT / "protos" / "zdm" / "v1"
+GENERATED = [Path("protos/zdm/v1"), Path("protos/inference")]
 
 
 @pytest.mark.skipif(importlib.util.find_spec("grpc_tools") is None, reason="grpcio-tools not installed")
@@ -22,8 +22,9 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     module = iu.module_from_spec(spec)
     loader.exec_module(module)
     module.generate(tmp_path)
-    fresh = sorted(p.name for p in (tmp_path / "protos" / "zdm" / "v1").glob("*_pb2*"))
-    checked_in = sorted(p.name for p in GENERATED.glob("*_pb2*"))
-    assert fresh == checked_in
-    stale = [n for n in fresh if not filecmp.cmp(tmp_path / "protos/zdm/v1" / n, GENERATED / n, shallow=False)]
-    assert not stale, f"regenerate with `python scripts/gen_protos.py`: stale {stale}"
+    for folder in GENERATED:
+        fresh = sorted(p.name for p in (tmp_path / folder).glob("*_pb2*"))
+        checked_in = sorted(p.name for p in (ROOT / folder).glob("*_pb2*"))
+        assert fresh and fresh == checked_in, folder
+        stale = [n for n in fresh if not filecmp.cmp(tmp_path / folder / n, ROOT / folder / n, shallow=False)]
+        assert not stale, f"regenerate with `python scripts/gen_protos.py`: stale {folder}/{stale}"
