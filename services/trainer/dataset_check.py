@@ -462,8 +462,6 @@ def check_dataset(root: Path, *, seed: int = 0, val_fraction: float = 0.1, cache
         if summary["conflicting_groups"]:
             warnings.append(f"{summary['conflicting_groups']} {kind}-duplicate group(s) carry conflicting labels")
 
-    if not decoded:
-        warnings.append("header-level check: near duplicates and undecodable pixels are checked when the job starts")
     test_dups = frozenset(exact.leaked("test") | near.leaked("test"))
     val_dups = exact.leaked("val") | near.leaked("val")
     test_total = sum(1 for e in entries if e.split == "test")
