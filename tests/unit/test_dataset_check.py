@@ -11,14 +11,9 @@ import pytest
 
 from common.datasets.synthetic import render_part
 from common.errors import FailedPrecondition, InvalidArgument
-from services.trainer.dataset_check import (
-    HASH_BITS,
-    NEAR_DUPLICATE_BITS,
-    check_dataset,
-    near_pairs,
-    perceptual_hash,
-    scan_file,
-)
+from services.trainer.dataset_check import NEAR_DUPLICATE_BITS, check_dataset
+from services.trainer.dataset_facts import HASH_BITS, perceptual_hash, scan_file
+from services.trainer.near_duplicates import near_pairs
 
 
 def _part(seed: int, size: int = 96) -> np.ndarray:
