@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+_BLOCK = 256  # bucket rows compared at a time
+
 
 def near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
     """Pairs (i, j, distance) with i < j whose hashes differ in at most ``max_bits`` bits.
@@ -23,19 +25,26 @@ def near_pairs(hashes: np.ndarray, max_bits: int) -> list[tuple[int, int, int]]:
         return []
     bits = np.unpackbits(hashes.view(np.uint8), axis=1)
     bands = np.array_split(np.arange(bits.shape[1]), max_bits + 1)
-    candidates: set[tuple[int, int]] = set()
+    found: dict[tuple[int, int], int] = {}
     for band in bands:
         keys = np.packbits(bits[:, band], axis=1)
         _, inverse, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
-        order = np.argsort(inverse.ravel(), kind="stable")
+        order = np.argsort(inverse.ravel(), kind="stable")  # members of a bucket stay in index order
         for members, count in zip(np.split(order, np.cumsum(counts)[:-1]), counts, strict=True):
             if count > 1:
-                candidates.update((int(a), int(b)) for k, a in enumerate(members) for b in members[k + 1:])
-    out: list[tuple[int, int, int]] = []
-    for i, j in sorted(candidates):
-        distance = int(np.bitwise_count(hashes[i] ^ hashes[j]).sum())
-        if distance <= max_bits:
-            out.append((i, j, distance))
+                found.update(_close_pairs(hashes, members, max_bits))
+    return [(i, j, d) for (i, j), d in sorted(found.items())]
+
+
+def _close_pairs(hashes: np.ndarray, members: np.ndarray, max_bits: int) -> dict[tuple[int, int], int]:
+    """Pairs of one bucket within ``max_bits``, compared in blocks (a big bucket never becomes a k² list)."""
+    sub = hashes[members]
+    out: dict[tuple[int, int], int] = {}
+    for start in range(0, len(members), _BLOCK):
+        distances = np.bitwise_count(sub[start:start + _BLOCK, None, :] ^ sub[None, :, :]).sum(axis=2)
+        for a, b in zip(*np.nonzero(distances <= max_bits), strict=True):
+            if start + a < b:
+                out[(int(members[start + a]), int(members[b]))] = int(distances[a, b])
     return out
 
 
