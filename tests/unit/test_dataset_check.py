@@ -11,14 +11,9 @@ import pytest
 
 from common.datasets.synthetic import render_part
 from common.errors import FailedPrecondition, InvalidArgument
-from services.trainer.dataset_check import (
-    HASH_BITS,
-    NEAR_DUPLICATE_BITS,
-    check_dataset,
-    near_pairs,
-    perceptual_hash,
-    scan_file,
-)
+from services.trainer.dataset_check import NEAR_DUPLICATE_BITS, check_dataset
+from services.trainer.dataset_facts import HASH_BITS, perceptual_hash, scan_file
+from services.trainer.near_duplicates import near_pairs
 
 
 def _part(seed: int, size: int = 96) -> np.ndarray:
@@ -174,7 +169,6 @@ def test_header_level_pass_finds_exact_copies_and_truncation_without_decoding(tm
     assert not r["decoded"] and r["exact_duplicates"]["test_files_in_train"] == 1
     assert r["near_duplicates"]["groups"] == 0 and r["grey_colour_images"] == 0  # need pixels
     assert r["unreadable"][0]["path"] == "train/ok/cut.png" and "truncated" in r["unreadable"][0]["reason"]
-    assert any(w.startswith("header-level check") for w in r["warnings"])
     full = check_dataset(root, cache_dir=tmp_path / "cache")
     assert full.report["decoded"] and not full.report["cached"]  # header facts do not answer a full request
     assert full.test_duplicates == {"test/def/copy.png", "test/ok/near.jpg"}
