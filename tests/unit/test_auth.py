@@ -45,6 +45,9 @@ class _Trainer(trainer_pb2_grpc.TrainerServicer):
     def SubmitJob(self, request, context):
         return trainer_pb2.SubmitJobResponse(job_id=f"by-{auth.caller()}")
 
+    def ListJobs(self, request, context):
+        return trainer_pb2.ListJobsResponse(jobs=[trainer_pb2.Job(job_id=f"job-of-{auth.caller()}")])
+
     def SetAlias(self, request, context):
         raise NotImplementedError  # never reached in these tests: the interceptor refuses first
 
@@ -264,3 +267,25 @@ def test_sdk_sends_the_token_from_the_environment(tmp_path: Path, monkeypatch: p
         client.close()
     finally:
         server.stop(0)
+
+
+def test_cli_takes_a_token_and_makes_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from client.cli import app
+
+    server, _ = _serve(tmp_path)
+    monkeypatch.delenv("ZDM_TOKEN", raising=False)
+    try:
+        env = {"ZDM_TRAINER_ADDR": f"127.0.0.1:{server.port}", "ZDM_TOKEN": None}  # restored after each run
+        result = CliRunner().invoke(app, ["--token", TOKENS["sched"][1], "train", "list"], env=env)
+        assert result.exit_code == 0 and "job-of-sched" in result.output, result.output
+        result = CliRunner().invoke(app, ["train", "list"], env=env)
+        assert result.exit_code == 1 and "UNAUTHENTICATED" in result.output
+    finally:
+        server.stop(0)
+    result = CliRunner().invoke(app, ["token", "line-9", "--role", "line"])
+    token_line, entry_line = result.output.strip().splitlines()
+    entry = json.loads(entry_line)
+    assert entry["name"] == "line-9" and entry["roles"] == ["line"]
+    assert entry["sha256"] == auth.token_sha256(token_line.rsplit(" ", 1)[1])
