@@ -1,0 +1,111 @@
+"""A private CA and certificates for TLS / mutual TLS between zdm services and clients (docs/security.md).
+
+``python scripts/make_certs.py secrets/`` writes PEM files:
+
+- ``ca.crt`` (trust anchor: ZDM_TLS_CA everywhere) and ``ca.key`` (keep offline: it issues more);
+- ``<service>.crt`` / ``.key`` for trainer, classifier and explainer: SANs the service name, ``localhost``
+  and ``127.0.0.1`` (plus ``--host`` names), usable as server AND client certificate (the container's own
+  health probe presents it under mutual TLS);
+- ``client.crt`` / ``.key``: a client certificate (``--client NAME`` for more).
+
+For production use your organisation's CA (or cert-manager in Kubernetes); this is for trying TLS out, for
+compose on one machine, and for the tests. Needs the ``cryptography`` package (dev extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+SERVICES = ("trainer", "classifier", "explainer")
+CertKey = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+@dataclass(frozen=True)
+class Pair:
+    cert: Path
+    key: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
+        now + datetime.timedelta(days=days))
+
+
+def make_ca(common_name: str, days: int = 365) -> CertKey:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(_name(common_name))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+               .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                            content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                            key_agreement=False, encipher_only=False, decipher_only=False),
+                              critical=True))
+    return _validity(builder, days).sign(key, hashes.SHA256()), key
+
+
+def issue(ca: CertKey, common_name: str, *, hosts: list[str] = (), server: bool = True, client: bool = True,
+          days: int = 365) -> CertKey:
+    """A leaf certificate signed by ``ca``; ``hosts`` (DNS names or IP addresses) become its SANs."""
+    ca_cert, ca_key = ca
+    key = ec.generate_private_key(ec.SECP256R1())
+    usages = [u for u, on in ((ExtendedKeyUsageOID.SERVER_AUTH, server), (ExtendedKeyUsageOID.CLIENT_AUTH, client)) if on]
+    builder = (x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca_cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+               .add_extension(x509.ExtendedKeyUsage(usages), critical=False))
+    if hosts:
+        names: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                names.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                names.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return _validity(builder, days).sign(ca_key, hashes.SHA256()), key
+
+
+def write(folder: Path, stem: str, pair: CertKey) -> Pair:
+    cert, key = pair
+    cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return Pair(cert_path, key_path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--host", action="append", default=[], help="extra SAN on the service certificates")
+    parser.add_argument("--client", action="append", default=[], help="client certificate names (default: client)")
+    parser.add_argument("--days", type=int, default=365)
+    args = parser.parse_args()
+    args.folder.mkdir(parents=True, exist_ok=True)
+    ca = make_ca("zdm private CA", args.days)
+    ca_files = write(args.folder, "ca", ca)
+    for service in SERVICES:
+        write(args.folder, service, issue(ca, service, hosts=[service, "localhost", "127.0.0.1", *args.host],
+                                         days=args.days))
+    for name in args.client or ["client"]:
+        write(args.folder, name, issue(ca, name, server=False, days=args.days))
+    print(f"CA {ca_files.cert} (its key {ca_files.key}: keep it offline); certificates for {', '.join(SERVICES)} "
+          f"and {', '.join(args.client or ['client'])} in {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
