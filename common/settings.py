@@ -25,7 +25,7 @@ class CommonSettings(BaseSettings):
     # Never logged as is (repr hides it; logs use common.redis_conn.masked_url).
     redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"), repr=False)
     # Redis password kept out of REDIS_URL (e.g. from a Kubernetes Secret as an env var, or a Docker secret
-    # file); put into the URL at start when the URL has none.
+    # file); put into the URL when connecting (redis_url_with_password), if the URL has none.
     redis_password: SecretStr = SecretStr("")
     redis_password_file: Path | None = None
     # Prefix of every Redis key, so several deployments (and tests) can share one Redis.
@@ -39,18 +39,20 @@ class CommonSettings(BaseSettings):
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
 
-    @model_validator(mode="after")
-    def _password_into_url(self) -> CommonSettings:
+    def redis_url_with_password(self, url: str) -> str:
+        """``url`` (this setting, resolved by the caller) with the password setting put in, when it has none.
+
+        The file is read here, at connect time, not when the settings are built.
+        """
         password = self.redis_password.get_secret_value()
         if not password and self.redis_password_file is not None:
             password = self.redis_password_file.read_text(encoding="utf-8").strip()
-        if password and self.redis_url:
-            parts = urlsplit(self.redis_url)
-            if parts.password is None:
-                user = quote(parts.username or "", safe="")
-                host = parts.netloc.rpartition("@")[2]
-                self.redis_url = urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
-        return self
+        parts = urlsplit(url)
+        if not password or not url or parts.password is not None:
+            return url
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
     @field_validator("data_roots", mode="before")
     @classmethod

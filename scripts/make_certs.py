@@ -8,6 +8,10 @@
   health probe presents it under mutual TLS);
 - ``client.crt`` / ``.key``: a client certificate (``--client NAME`` for more).
 
+With ``--compose`` it also writes what docker-compose.yml mounts: ``tokens.yaml`` (one token per role,
+printed once: only their hashes are stored), ``redis_password`` and ``redis.conf`` (``requirepass``), with
+keys readable by the containers' user (compose bind-mounts secrets with the host's permissions).
+
 For production use your organisation's CA (or cert-manager in Kubernetes); this is for trying TLS out, for
 compose on one machine, and for the tests. Needs the ``cryptography`` package (dev extra).
 """
@@ -17,13 +21,16 @@ from __future__ import annotations
 import argparse
 import datetime
 import ipaddress
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # `python scripts/make_certs.py` from a checkout
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 SERVICES = ("trainer", "classifier", "explainer")
 CertKey = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
@@ -78,14 +85,31 @@ def issue(ca: CertKey, common_name: str, *, hosts: list[str] = (), server: bool 
     return _validity(builder, days).sign(ca_key, hashes.SHA256()), key
 
 
-def write(folder: Path, stem: str, pair: CertKey) -> Pair:
+def write(folder: Path, stem: str, pair: CertKey, *, key_mode: int = 0o600) -> Pair:
     cert, key = pair
     cert_path, key_path = folder / f"{stem}.crt", folder / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.touch(mode=0o600)
+    key_path.touch(mode=key_mode)
+    key_path.chmod(key_mode)
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     return Pair(cert_path, key_path)
+
+
+def write_compose_secrets(folder: Path) -> dict[str, str]:
+    """tokens.yaml (a token per role), redis_password and redis.conf; returns name -> token (shown once)."""
+    import json
+    import secrets
+
+    from common.auth import ROLES, token_sha256
+
+    tokens = {role: secrets.token_urlsafe(32) for role in ROLES}
+    entries = [{"name": f"compose-{role}", "roles": [role], "sha256": token_sha256(t)} for role, t in tokens.items()]
+    (folder / "tokens.yaml").write_text(json.dumps({"tokens": entries}, indent=2) + "\n", encoding="utf-8")
+    password = secrets.token_urlsafe(32)
+    (folder / "redis_password").write_text(password + "\n", encoding="utf-8")
+    (folder / "redis.conf").write_text(f"requirepass {password}\n", encoding="utf-8")
+    return {f"compose-{role}": t for role, t in tokens.items()}
 
 
 def main() -> None:
@@ -94,17 +118,23 @@ def main() -> None:
     parser.add_argument("--host", action="append", default=[], help="extra SAN on the service certificates")
     parser.add_argument("--client", action="append", default=[], help="client certificate names (default: client)")
     parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--compose", action="store_true", help="also tokens.yaml and the Redis password files")
     args = parser.parse_args()
     args.folder.mkdir(parents=True, exist_ok=True)
+    key_mode = 0o644 if args.compose else 0o600
     ca = make_ca("zdm private CA", args.days)
     ca_files = write(args.folder, "ca", ca)
     for service in SERVICES:
         write(args.folder, service, issue(ca, service, hosts=[service, "localhost", "127.0.0.1", *args.host],
-                                         days=args.days))
+                                         days=args.days), key_mode=key_mode)
     for name in args.client or ["client"]:
-        write(args.folder, name, issue(ca, name, server=False, days=args.days))
+        write(args.folder, name, issue(ca, name, server=False, days=args.days), key_mode=key_mode)
     print(f"CA {ca_files.cert} (its key {ca_files.key}: keep it offline); certificates for {', '.join(SERVICES)} "
           f"and {', '.join(args.client or ['client'])} in {args.folder}")
+    if args.compose:
+        for name, token in write_compose_secrets(args.folder).items():
+            print(f"token {name}: {token}")
+        print("(only their SHA-256 is in tokens.yaml: keep the tokens now; ZDM_TOKEN=<token> for the SDK / CLI)")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ SERVICE_NAME = "zdm.v1.Trainer"
 def main() -> int:
     settings = TrainerSettings()
     setup_logging("trainer", settings.common.log_level)
-    url = require_url(settings.common.redis_url)
+    url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     client = connect(url)
     registry = Registry(settings.common.registry)
     queue = JobQueue(client, settings.common.key_prefix, lease_seconds=settings.lease_seconds,

@@ -310,6 +310,11 @@ def test_compose_grpc_service_config_is_consistent(compose: dict[str, Any], clea
     assert svc["healthcheck"]["test"] == ["CMD", "python", "-m", "common.healthcheck", f"127.0.0.1:{s.port}",
                                           grpc_name]
     assert s.common.redis_url.startswith("redis://redis:6379")
+    sec = s.security
+    assert sec.auth_tokens_file is not None and sec.tls and sec.tls_ca is not None, "tokens and mutual TLS"
+    files = [sec.auth_tokens_file, sec.tls_cert, sec.tls_key, sec.tls_ca, s.common.redis_password_file]
+    assert all(f is not None and f.parent == Path("/run/secrets") and f.name in svc["secrets"] for f in files)
+    assert all(name in compose["secrets"] for name in svc["secrets"])
     mounts = named_volume_mounts(svc)
     registry_volume, _ = mounts[str(s.common.registry)]
     assert registry_volume == "registry"
@@ -404,7 +409,9 @@ def test_compose_config_validates_with_docker_compose(files: list[str]) -> None:
         assert rendered[name].get("command") == svc.get("command"), name
         assert rendered[name].get("environment", {}) == env_dict(svc.get("environment")), name
         assert rendered[name]["image"] == svc["image"], name
-        assert rendered[name].get("healthcheck", {}).get("test") == svc.get("healthcheck", {}).get("test"), name
+        # `config` prints a literal `$` escaped as `$$`; load_compose has already interpolated ours.
+        rendered_test = [part.replace("$$", "$") for part in rendered[name].get("healthcheck", {}).get("test", [])]
+        assert rendered_test == svc.get("healthcheck", {}).get("test", []), name
     gpu = [n for n, svc in rendered.items() if svc.get("deploy", {}).get("resources", {}).get("reservations", {})
            .get("devices")]
     assert gpu == ([] if len(files) > 1 else ["trainer", "trainer-worker"])

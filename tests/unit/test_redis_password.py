@@ -19,16 +19,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_password_setting_goes_into_the_url_and_stays_out_of_reprs(tmp_path: Path) -> None:
     s = CommonSettings(redis_url="redis://redis:6379/0", redis_password="s3cr/t@x")
-    assert s.redis_url == "redis://:s3cr%2Ft%40x@redis:6379/0"
-    assert redis.Redis.from_url(s.redis_url).connection_pool.connection_kwargs["password"] == "s3cr/t@x"
+    url = s.redis_url_with_password(s.redis_url)
+    assert url == "redis://:s3cr%2Ft%40x@redis:6379/0"
+    assert redis.Redis.from_url(url).connection_pool.connection_kwargs["password"] == "s3cr/t@x"
     assert "s3cr" not in repr(s) and "s3cr" not in repr(TrainerSettings(common=s)) and "s3cr" not in str(s)
     secret = tmp_path / "redis_password"
+    missing = CommonSettings(redis_password_file=secret)  # read when connecting, not when built
     secret.write_text("from-a-file\n")
-    assert CommonSettings(redis_url="redis://redis:6379/0", redis_password_file=secret).redis_url == \
-        "redis://:from-a-file@redis:6379/0"
-    # A URL that carries its own password keeps it.
-    assert CommonSettings(redis_url="redis://u:own@redis:6379/0", redis_password="other").redis_url == \
-        "redis://u:own@redis:6379/0"
+    assert missing.redis_url_with_password("redis://redis:6379/0") == "redis://:from-a-file@redis:6379/0"
+    # A URL that carries its own password keeps it; no URL stays none (the embedded Redis).
+    other = CommonSettings(redis_password="other")
+    assert other.redis_url_with_password("redis://u:own@redis:6379/0") == "redis://u:own@redis:6379/0"
+    assert other.redis_url_with_password("") == ""
+    with_url = CommonSettings(redis_url="redis://:inline@redis:6379/0")
+    assert "inline" not in repr(with_url)
 
 
 @pytest.mark.parametrize(("url", "masked"), [
