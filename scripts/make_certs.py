@@ -116,6 +116,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path)
     parser.add_argument("--host", action="append", default=[], help="extra SAN on the service certificates")
+    parser.add_argument("--namespace", default="", help="Kubernetes namespace: adds <service>.<ns>.svc[.cluster.local]")
     parser.add_argument("--client", action="append", default=[], help="client certificate names (default: client)")
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--compose", action="store_true", help="also tokens.yaml and the Redis password files")
@@ -125,7 +126,10 @@ def main() -> None:
     ca = make_ca("zdm private CA", args.days)
     ca_files = write(args.folder, "ca", ca)
     for service in SERVICES:
-        write(args.folder, service, issue(ca, service, hosts=[service, "localhost", "127.0.0.1", *args.host],
+        in_cluster = [f"{service}.{args.namespace}.svc", f"{service}.{args.namespace}.svc.cluster.local"] \
+            if args.namespace else []
+        hosts = [service, *in_cluster, "localhost", "127.0.0.1", *args.host]
+        write(args.folder, service, issue(ca, service, hosts=hosts,
                                          days=args.days), key_mode=key_mode)
     for name in args.client or ["client"]:
         write(args.folder, name, issue(ca, name, server=False, days=args.days), key_mode=key_mode)
