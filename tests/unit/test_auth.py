@@ -289,3 +289,26 @@ def test_cli_takes_a_token_and_makes_tokens(tmp_path: Path, monkeypatch: pytest.
     entry = json.loads(entry_line)
     assert entry["name"] == "line-9" and entry["roles"] == ["line"]
     assert entry["sha256"] == auth.token_sha256(token_line.rsplit(" ", 1)[1])
+
+
+def test_health_only_port_is_plain_text_and_serves_nothing_else(tmp_path: Path) -> None:
+    """For the kubelet's gRPC probe (no TLS, no tokens): health answers there, the services do not."""
+    pki = make_pki(tmp_path / "pki")
+    binding = [ServiceBinding(_Trainer(), trainer_pb2_grpc.add_TrainerServicer_to_server, "zdm.v1.Trainer")]
+    server = build_server("127.0.0.1", 0, binding, health_port=0, security=SecuritySettings(
+        auth_tokens_file=write_tokens(tmp_path / "tokens.json"), tls_cert=pki.server.cert, tls_key=pki.server.key,
+        tls_ca=pki.ca))
+    try:
+        assert server.health_port not in (0, server.port)
+        with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service="zdm.v1.Trainer")
+            assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            server.set_serving(True)
+            assert health.Check(request, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as err:
+                trainer_pb2_grpc.TrainerStub(channel).GetJob(trainer_pb2.GetJobRequest(), metadata=bearer("root"),
+                                                             timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        server.stop(0)
