@@ -312,3 +312,44 @@ def test_health_only_port_is_plain_text_and_serves_nothing_else(tmp_path: Path) 
             assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         server.stop(0)
+
+
+@pytest.mark.parametrize(("module", "service"), [(trainer_pb2, "Trainer"), (classifier_pb2, "Classifier"),
+                                                 (explainer_pb2, "Explainer")])
+def test_every_rpc_of_every_service_needs_a_token_and_its_role(tmp_path: Path, module, service: str) -> None:  # noqa: ANN001
+    """From the descriptors: no token -> UNAUTHENTICATED, too small a role -> PERMISSION_DENIED, enough ->
+    the (unimplemented) servicer answers UNIMPLEMENTED, i.e. the call got through."""
+    import importlib
+
+    from google.protobuf import message_factory
+
+    grpc_module = importlib.import_module(module.__name__.replace("_pb2", "_pb2_grpc"))
+    full_name = module.DESCRIPTOR.services_by_name[service].full_name
+    binding = ServiceBinding(getattr(grpc_module, f"{service}Servicer")(),
+                             getattr(grpc_module, f"add_{service}Servicer_to_server"), full_name)
+    server = build_server("127.0.0.1", 0, [binding], security=SecuritySettings(
+        auth_tokens_file=write_tokens(tmp_path / "tokens.json"), rate_limits={}))
+    levels = {role: name for name, (role, _) in TOKENS.items()}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = getattr(grpc_module, f"{service}Stub")(channel)
+            for method in module.DESCRIPTOR.services_by_name[service].methods:
+                request = message_factory.GetMessageClass(method.input_type)()
+                needed = auth.required_role(f"/{full_name}/{method.name}")
+
+                def code(metadata, method=method, request=request) -> grpc.StatusCode:  # noqa: ANN001
+                    call = getattr(stub, method.name)
+                    with pytest.raises(grpc.RpcError) as err:
+                        result = call(iter([request]) if method.client_streaming else request, metadata=metadata,
+                                      timeout=5)
+                        if method.server_streaming:
+                            next(result)
+                    return err.value.code()
+
+                assert code(None) == grpc.StatusCode.UNAUTHENTICATED, method.name
+                for role in auth.ROLES:
+                    expected = (grpc.StatusCode.UNIMPLEMENTED if auth.ROLES.index(role) >= auth.ROLES.index(needed)
+                                else grpc.StatusCode.PERMISSION_DENIED)
+                    assert code(bearer(levels[role])) == expected, (method.name, role)
+    finally:
+        server.stop(0)
