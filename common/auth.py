@@ -300,7 +300,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
 
     Args:
         tokens: the tokens file; None = authentication off (everyone is ANONYMOUS, an admin).
-        limiter: per-token call rates of the costly RPCs; None = unlimited.
+        limiter: per-token call rates of the costly RPCs; None = unlimited (the builder passes none without
+            tokens: an open loopback service is a developer's or a test's, and has no tokens to count by).
     """
 
     def __init__(self, tokens: TokenFile | None, limiter: RateLimiter | None = None) -> None:

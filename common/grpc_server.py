@@ -185,6 +185,7 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     security = security if security is not None else SecuritySettings()
     exposure_check(host, security.auth_tokens_file, security.allow_insecure)
     tokens = TokenFile(security.auth_tokens_file) if security.auth_tokens_file is not None else None
+    limiter = RateLimiter(security.rate_limits) if tokens is not None else None  # per token: none without tokens
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -193,7 +194,7 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers + max_streams, thread_name_prefix="grpc"),
-        interceptors=[AuthInterceptor(tokens, RateLimiter(security.rate_limits)), StreamLimitInterceptor(max_streams),
+        interceptors=[AuthInterceptor(tokens, limiter), StreamLimitInterceptor(max_streams),
                       ErrorInterceptor()],
         options=options,
     )
