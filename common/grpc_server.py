@@ -21,7 +21,8 @@ from common.errors import ZdmError
 from common.log import request_id
 from common.ratelimit import RateLimiter
 from common.settings import SecuritySettings
-from common.streams import StreamLimitInterceptor
+from common.streams import KEEPALIVE_OPTIONS, StreamLimitInterceptor
+from common.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -161,16 +162,6 @@ class RunningServer:
         self.server.wait_for_termination()
 
 
-# Ping idle connections so streams of vanished peers end; refuse clients pinging more than every 10 s.
-KEEPALIVE_OPTIONS = [
-    ("grpc.keepalive_time_ms", 60_000),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.http2.max_ping_strikes", 2),
-]
-
-
 def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_workers: int = 16,
                  max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0,
                  max_streams: int = 1024, security: SecuritySettings | None = None,
@@ -231,14 +222,6 @@ def _health_only(host: str, port: int, health_servicer: health.HealthServicer) -
         raise OSError(f"cannot bind the health port {host}:{port}")
     server.start()
     return server, bound
-
-
-def server_credentials(security: SecuritySettings) -> grpc.ServerCredentials:
-    """TLS with the configured certificate; with a CA, client certificates signed by it are required."""
-    assert security.tls_cert is not None and security.tls_key is not None
-    ca = security.tls_ca.read_bytes() if security.tls_ca is not None else None
-    return grpc.ssl_server_credentials([(security.tls_key.read_bytes(), security.tls_cert.read_bytes())],
-                                       root_certificates=ca, require_client_auth=ca is not None)
 
 
 def stop_on_signals(stop: Callable[[], None], *, second_exits: bool = False) -> None:

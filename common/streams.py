@@ -4,7 +4,7 @@ The synchronous gRPC server runs each call on a pool thread for the call's whole
 ClassifyStream, WatchJob or Health.Watch holds one while it waits. The server's pool is therefore sized
 ``max_workers + max_streams`` (common/grpc_server.py) and this interceptor refuses the stream beyond
 ``max_streams`` with RESOURCE_EXHAUSTED, so at least ``max_workers`` threads always remain for unary calls.
-Keepalive pings (also set by the builder) end the streams of peers that went away.
+Keepalive pings (KEEPALIVE_OPTIONS, set by the builder) end the streams of peers that went away.
 """
 
 from __future__ import annotations
@@ -14,6 +14,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+
+# Ping idle connections so streams of vanished peers end; refuse clients pinging more than every 10 s.
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 2),
+]
 
 
 class StreamLimitInterceptor(grpc.ServerInterceptor):
