@@ -256,11 +256,12 @@ def _refusal(handler: Any, code: grpc.StatusCode, message: str) -> Any:
     def refuse(_request: Any, context: grpc.ServicerContext) -> None:
         context.abort(code, message)
 
-    return _same_kind(handler, refuse, refuse)
+    return _same_kind(handler, refuse, refuse, parse=False)
 
 
-def _same_kind(handler: Any, unary_behavior: Callable, stream_behavior: Callable) -> Any:
-    des, ser = handler.request_deserializer, handler.response_serializer
+def _same_kind(handler: Any, unary_behavior: Callable, stream_behavior: Callable, *, parse: bool = True) -> Any:
+    """A handler of ``handler``'s kind; ``parse=False`` leaves requests as bytes (a refusal never parses one)."""
+    des, ser = (handler.request_deserializer if parse else None), handler.response_serializer
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(unary_behavior, des, ser)
     if handler.unary_stream:
