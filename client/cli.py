@@ -57,6 +57,42 @@ def _grpc_errors(func):
     return wrapper
 
 
+# -- connection -------------------------------------------------------------------------------------
+@app.callback()
+def connection(
+    token: Annotated[str, typer.Option(envvar="ZDM_TOKEN", show_envvar=True,
+                                       help="Bearer token sent on every call (docs/security.md).")] = "",
+    tls_ca: Annotated[Path | None, typer.Option(envvar="ZDM_TLS_CA", show_envvar=True,
+                                                help="CA certificate (PEM) that signed the servers': TLS on.")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(envvar="ZDM_TLS_CERT", show_envvar=True,
+                                                  help="Client certificate (PEM) for mutual TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(envvar="ZDM_TLS_KEY", show_envvar=True,
+                                                 help="Key of the client certificate (PEM).")] = None,
+) -> None:
+    """Connection options for every command; the SDK reads them from the environment (client/sdk.py Credentials)."""
+    for name, value in (("ZDM_TOKEN", token), ("ZDM_TLS_CA", tls_ca), ("ZDM_TLS_CERT", tls_cert),
+                        ("ZDM_TLS_KEY", tls_key)):
+        if value:
+            os.environ[name] = str(value)
+
+
+@app.command("token")
+def new_token(
+    name: Annotated[str, typer.Argument(help="Who will use it, e.g. line-3 (the audit trail shows this name).")],
+    role: Annotated[str, typer.Option(help="line | auditor | scheduler | admin")] = "line",
+) -> None:
+    """A new random token and its tokens-file entry (the file holds only the SHA-256; keep the token secret)."""
+    import secrets
+
+    from common.auth import ROLES, token_sha256
+
+    if role not in ROLES:
+        raise typer.BadParameter(f"role must be one of {list(ROLES)}")
+    token = secrets.token_urlsafe(32)
+    typer.echo(f"token (give it to {name}, shown once): {token}")
+    typer.echo(json.dumps({"name": name, "roles": [role], "sha256": token_sha256(token)}))
+
+
 # -- stack ------------------------------------------------------------------------------------------
 @app.command()
 def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME) -> None:

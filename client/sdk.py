@@ -55,17 +55,92 @@ def image_from(source: str | Path | bytes, name: str = "") -> common_pb2.Image:
     return common_pb2.Image(data=path.read_bytes(), name=name or path.name)
 
 
-def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        address,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
-    )
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach secured services (docs/security.md): a bearer token and / or TLS files (PEM).
+
+    ``tls_ca`` verifies the server (TLS on); ``tls_cert`` + ``tls_key`` are this client's certificate for
+    mutual TLS. With neither, the channel is plain text (fine on loopback).
+    """
+
+    token: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @classmethod
+    def from_env(cls) -> Credentials:
+        """``ZDM_TOKEN``, ``ZDM_TLS_CA``, ``ZDM_TLS_CERT``, ``ZDM_TLS_KEY`` (empty or unset = not used)."""
+        def path(name: str) -> Path | None:
+            value = os.environ.get(name, "")
+            return Path(value) if value else None
+
+        return cls(token=os.environ.get("ZDM_TOKEN", ""), tls_ca=path("ZDM_TLS_CA"),
+                   tls_cert=path("ZDM_TLS_CERT"), tls_key=path("ZDM_TLS_KEY"))
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_ca is not None or self.tls_cert is not None
 
 
-def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_status: bool = False) -> None:
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds ``authorization: Bearer <token>`` to every call (also on plain-text channels, unlike call credentials)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), self._header]
+        return _CallDetails(details.method, details.timeout, metadata, details.credentials,
+                            details.wait_for_ready, details.compression)
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):  # noqa: ANN001, ANN201
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+@dataclass(frozen=True)
+class _CallDetails(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: list[tuple[str, str]] | None
+    credentials: grpc.CallCredentials | None
+    wait_for_ready: bool | None
+    compression: grpc.Compression | None
+
+
+def channel(address: str, credentials: Credentials | None = None) -> grpc.Channel:
+    """A channel to one service: TLS when ``credentials`` name a CA or a client certificate, the bearer
+    token on every call; ``credentials`` default to the environment (``Credentials.from_env``)."""
+    creds = credentials if credentials is not None else Credentials.from_env()
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if creds.tls:
+        tls = grpc.ssl_channel_credentials(
+            root_certificates=creds.tls_ca.read_bytes() if creds.tls_ca else None,
+            private_key=creds.tls_key.read_bytes() if creds.tls_key else None,
+            certificate_chain=creds.tls_cert.read_bytes() if creds.tls_cert else None,
+        )
+        base = grpc.secure_channel(address, tls, options=options)
+    else:
+        base = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(base, _BearerToken(creds.token)) if creds.token else base
+
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_status: bool = False,
+                 credentials: Credentials | None = None) -> None:
     """Block until the server at address reports SERVING for service (raises TimeoutError).
 
     With any_status, any health answer will do (the process is up, maybe waiting for a model).
@@ -74,8 +149,8 @@ def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_
 
     deadline = time.monotonic() + timeout
     last = "no answer"
-    with _channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+    with channel(address, credentials) as conn:
+        stub = health_pb2_grpc.HealthStub(conn)
         while time.monotonic() < deadline:
             try:
                 status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
@@ -89,8 +164,8 @@ def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_
 
 
 class TrainerClient:
-    def __init__(self, address: str) -> None:
-        self.channel = _channel(address)
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
+        self.channel = channel(address, credentials)
         self.stub = trainer_pb2_grpc.TrainerStub(self.channel)
 
     def submit(self, spec: trainer_pb2.JobSpec, *, idempotency_key: str = "",
@@ -135,8 +210,8 @@ class TrainerClient:
 
 
 class ClassifierClient:
-    def __init__(self, address: str) -> None:
-        self.channel = _channel(address)
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
+        self.channel = channel(address, credentials)
         self.stub = classifier_pb2_grpc.ClassifierStub(self.channel)
 
     def classify(self, image: common_pb2.Image, *, model: common_pb2.ModelRef | None = None,
@@ -162,8 +237,8 @@ class ClassifierClient:
 
 
 class ExplainerClient:
-    def __init__(self, address: str) -> None:
-        self.channel = _channel(address)
+    def __init__(self, address: str, credentials: Credentials | None = None) -> None:
+        self.channel = channel(address, credentials)
         self.stub = explainer_pb2_grpc.ExplainerStub(self.channel)
 
     def explain(self, request: explainer_pb2.ExplainRequest,

@@ -16,8 +16,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from common.auth import AuthInterceptor, TokenFile, exposure_check, log_policy
 from common.errors import ZdmError
 from common.log import request_id
+from common.ratelimit import RateLimiter
+from common.settings import SecuritySettings
+from common.streams import KEEPALIVE_OPTIONS, StreamLimitInterceptor
+from common.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +130,12 @@ class RunningServer:
     """A started server with its bound port and health state."""
 
     def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer,
-                 names: list[str], grace_seconds: float) -> None:
+                 names: list[str], grace_seconds: float, health_server: grpc.Server | None = None,
+                 health_port: int = 0) -> None:
         self.server = server
         self.port = port
+        self.health_server = health_server
+        self.health_port = health_port
         self.health = health_servicer
         self.names = names
         self.grace_seconds = grace_seconds
@@ -147,22 +155,38 @@ class RunningServer:
         self._stopped.set()
         self.set_serving(False)
         self.server.stop(self.grace_seconds if grace is None else grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
 def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_workers: int = 16,
-                 max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0) -> RunningServer:
-    """Build and start a server; port 0 binds a free port. Health starts NOT_SERVING."""
+                 max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0,
+                 max_streams: int = 1024, security: SecuritySettings | None = None,
+                 health_port: int | None = None) -> RunningServer:
+    """Build and start a server; port 0 binds a free port. Health starts NOT_SERVING.
+
+    ``security`` (default: read from the environment) sets tokens, TLS and rate limits (docs/security.md);
+    ``max_workers`` threads stay for unary calls whatever ``max_streams`` streams hold (common/streams.py).
+    ``health_port`` (None = off, 0 = a free port) serves only the health service, in plain text on a pool of
+    its own: for probes that speak neither TLS nor tokens (the kubelet's gRPC probe).
+    """
+    security = security if security is not None else SecuritySettings()
+    exposure_check(host, security.auth_tokens_file, security.allow_insecure)
+    tokens = TokenFile(security.auth_tokens_file) if security.auth_tokens_file is not None else None
+    limiter = RateLimiter(security.rate_limits) if tokens is not None else None  # per token: none without tokens
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
+        *KEEPALIVE_OPTIONS,
     ]
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[ErrorInterceptor()],
+        futures.ThreadPoolExecutor(max_workers=max_workers + max_streams, thread_name_prefix="grpc"),
+        interceptors=[AuthInterceptor(tokens, limiter), StreamLimitInterceptor(max_streams),
+                      ErrorInterceptor()],
         options=options,
     )
     for binding in bindings:
@@ -173,13 +197,31 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     reflection.enable_server_reflection(
         [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if security.tls:
+        bound = server.add_secure_port(f"{host}:{port}", server_credentials(security))
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot bind {host}:{port}")
     server.start()
-    running = RunningServer(server, bound, health_servicer, names, grace_seconds)
+    health_server, health_bound = (None, 0) if health_port is None else _health_only(host, health_port, health_servicer)
+    log_policy(names, tokens)
+    if security.tls:
+        log.info("TLS on %s:%d%s", host, bound, " (client certificates required)" if security.tls_ca else "")
+    running = RunningServer(server, bound, health_servicer, names, grace_seconds, health_server, health_bound)
     running.set_serving(False)
     return running
+
+
+def _health_only(host: str, port: int, health_servicer: health.HealthServicer) -> tuple[grpc.Server, int]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=6, thread_name_prefix="grpc-health"),
+                         interceptors=[StreamLimitInterceptor(2)], options=[("grpc.so_reuseport", 0), *KEEPALIVE_OPTIONS])
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind the health port {host}:{port}")
+    server.start()
+    return server, bound
 
 
 def stop_on_signals(stop: Callable[[], None], *, second_exits: bool = False) -> None:

@@ -5,14 +5,21 @@ when the answer is SERVING. Anything else exits 1 and says why on stderr: NOT_SE
 service (NOT_FOUND), a refused connection, a timeout, or a malformed command line. Docker reserves
 exit code 2 for healthchecks, so usage errors exit 1 too.
 
+With ``ZDM_TLS_CA`` set it speaks TLS, verifying the server with that CA, and presents
+``ZDM_TLS_CERT`` / ``ZDM_TLS_KEY`` when set (mutual TLS: inside a container these are the service's own
+certificate, which then needs the clientAuth usage too; scripts/make_certs.py issues such). ``--any-status``
+accepts any answer (a liveness probe: the server answers, whether or not a model is loaded yet).
+
 It imports only grpcio and grpcio-health-checking (no torch), so a probe costs a fraction of a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -22,9 +29,24 @@ EXIT_SERVING = 0
 EXIT_UNHEALTHY = 1
 
 
-def check(target: str, service: str = "", timeout: float = 3.0) -> tuple[bool, str]:
-    """Return (serving, message) for one Health/Check call against ``target`` (``host:port``)."""
-    with grpc.insecure_channel(target) as channel:
+def _channel(target: str) -> grpc.Channel:
+    def pem(name: str) -> bytes | None:
+        value = os.environ.get(name, "")
+        return Path(value).read_bytes() if value else None
+
+    ca = pem("ZDM_TLS_CA")
+    if ca is None:
+        return grpc.insecure_channel(target)
+    return grpc.secure_channel(target, grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=pem("ZDM_TLS_KEY"), certificate_chain=pem("ZDM_TLS_CERT")))
+
+
+def check(target: str, service: str = "", timeout: float = 3.0, *, any_status: bool = False) -> tuple[bool, str]:
+    """Return (serving, message) for one Health/Check call against ``target`` (``host:port``).
+
+    With ``any_status`` every answer counts as healthy (NOT_SERVING included; NOT_FOUND and errors do not).
+    """
+    with _channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -33,7 +55,7 @@ def check(target: str, service: str = "", timeout: float = 3.0) -> tuple[bool, s
             name = code.name if code is not None else "UNKNOWN"
             return False, f"{target} {service or '<server>'}: {name}: {exc.details()}"
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return reply.status == SERVING, f"{target} {service or '<server>'}: {status}"
+    return reply.status == SERVING or any_status, f"{target} {service or '<server>'}: {status}"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("service", nargs="?", default="",
                         help="service name to check, e.g. zdm.v1.Classifier (default: the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
+    parser.add_argument("--any-status", action="store_true",
+                        help="healthy on any answer, NOT_SERVING included (liveness rather than readiness)")
     args = parser.parse_args(argv)
-    serving, message = check(args.target, args.service, args.timeout)
+    serving, message = check(args.target, args.service, args.timeout, any_status=args.any_status)
     print(message, file=sys.stdout if serving else sys.stderr)
     return EXIT_SERVING if serving else EXIT_UNHEALTHY
 

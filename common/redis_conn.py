@@ -5,10 +5,23 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
 log = logging.getLogger(__name__)
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (and user) replaced by ``***``, for logs and error texts."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def connect(url: str) -> redis.Redis:

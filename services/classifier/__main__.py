@@ -29,7 +29,7 @@ log = logging.getLogger("services.classifier")
 def main() -> int:
     settings = ClassifierSettings()
     setup_logging("classifier", settings.common.log_level)
-    url = require_url(settings.common.redis_url)
+    url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     cv2.setNumThreads(settings.opencv_threads)
     silence_opencv_logs()
 

@@ -93,6 +93,9 @@ class ClassifierApp:
             max_workers=s.max_workers,
             max_message_bytes=s.max_message_bytes,
             grace_seconds=s.grace_seconds,
+            max_streams=s.max_streams,
+            security=s.security,
+            health_port=s.health_port or None,
         )
         if s.metrics_port > 0:
             self.metrics.serve(s.metrics_port)

@@ -47,6 +47,8 @@ class AuditEntry:
     part_id: str = ""
     request_id: str = ""
     backend: str = ""
+    # Who asked: the name of the caller's token ("anonymous" when authentication is off).
+    caller: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     def to_fields(self) -> dict[str, str]:
@@ -63,6 +65,7 @@ class AuditEntry:
             "part": self.part_id,
             "request": self.request_id,
             "backend": self.backend,
+            "caller": self.caller,
         }
 
     @classmethod
@@ -80,6 +83,7 @@ class AuditEntry:
             part_id=f.get("part", ""),
             request_id=f.get("request", ""),
             backend=f.get("backend", ""),
+            caller=f.get("caller", ""),
         )
 
 

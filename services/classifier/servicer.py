@@ -24,6 +24,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from common.auth import caller
 from common.errors import BadImage, DeadlineExceeded, InvalidArgument, Unavailable, ZdmError
 from common.images import decode_image, preprocess
 from common.proto_convert import manifest_to_info
@@ -53,6 +54,7 @@ class _Pending:
     request_id: str
     line_id: str
     part_id: str
+    caller: str = ""  # the token's name (common.auth), captured on the request's thread
 
 
 @dataclass(slots=True)
@@ -96,7 +98,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                     future = model.batcher.submit(
                         tensor, deadline=_deadline(context), is_active=context.is_active, reservation=token
                     )
-                pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id)
+                pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id,
+                                   request.part_id, caller())
                 return self._verdict(pending, _wait(future, context))
 
     def ClassifyBatch(
@@ -184,7 +187,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         verdicts = []
         for i, (sha, decode_ms, out) in enumerate(outputs):
             part_id = part_ids[i] if part_ids else ""
-            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id)
+            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id, caller())
             verdicts.append(self._verdict(pending, out))
         return verdicts
 
@@ -307,6 +310,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 part_id=p.part_id,
                 request_id=p.request_id,
                 backend=p.model.backend.name,
+                caller=p.caller,
             )
         )
         self._queue_hist.observe(out.queue_ms / 1000)
@@ -386,7 +390,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             log.exception("ClassifyStream: item %r failed", request.request_id)
             return self._item_failed(request.request_id, grpc.StatusCode.INTERNAL, "internal error", started)
         future.add_done_callback(lambda _f: self._store.release(model))
-        pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id)
+        pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id,
+                           request.part_id, caller())
         return pending, future
 
     def _stream_verdict(
@@ -490,4 +495,5 @@ def _audit_record(entry: AuditEntry) -> classifier_pb2.AuditRecord:
         timestamp=entry.timestamp,
         line_id=entry.line_id,
         part_id=entry.part_id,
+        caller=entry.caller,
     )

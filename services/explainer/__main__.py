@@ -31,7 +31,8 @@ def build(settings: ExplainerSettings):
                           [ServiceBinding(servicer, explainer_pb2_grpc.add_ExplainerServicer_to_server,
                                           "zdm.v1.Explainer")],
                           max_workers=settings.max_workers, max_message_bytes=settings.max_message_bytes,
-                          grace_seconds=settings.grace_seconds)
+                          grace_seconds=settings.grace_seconds, max_streams=settings.max_streams,
+                          security=settings.security, health_port=settings.health_port or None)
     threading.Thread(target=_serve_once_loaded, args=(store, server), name="explainer-ready", daemon=True).start()
     return server, servicer
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import grpc
 
+from common.auth import require
 from common.errors import InvalidArgument, ResourceExhausted
 from common.images import decode_image, read_header
 from common.manifest import ExplanationDefaults
@@ -251,6 +252,8 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
 
     def SearchDefaults(self, request: explainer_pb2.SearchDefaultsRequest,
                        context: grpc.ServicerContext) -> Iterator[explainer_pb2.SearchDefaultsEvent]:
+        if request.store:  # writes the model's manifest: checked before any work
+            require("admin", "SearchDefaults with store=true")
         dataset = self._dataset(request.images_path, request.masks_path, request.mask_format, request.limit)
         ref = request.model
         loaded = self.store.get(ref.name, ref.version, ref.alias)

@@ -13,7 +13,7 @@ import threading
 from common.grpc_server import ServiceBinding, build_server, stop_on_signals
 from common.jobqueue import JobQueue
 from common.log import setup_logging
-from common.redis_conn import connect, require_url
+from common.redis_conn import connect, masked_url, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import trainer_pb2_grpc
@@ -28,7 +28,7 @@ SERVICE_NAME = "zdm.v1.Trainer"
 def main() -> int:
     settings = TrainerSettings()
     setup_logging("trainer", settings.common.log_level)
-    url = require_url(settings.common.redis_url)
+    url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     client = connect(url)
     registry = Registry(settings.common.registry)
     queue = JobQueue(client, settings.common.key_prefix, lease_seconds=settings.lease_seconds,
@@ -38,7 +38,8 @@ def main() -> int:
         settings.host, settings.port,
         [ServiceBinding(servicer, trainer_pb2_grpc.add_TrainerServicer_to_server, SERVICE_NAME)],
         max_workers=settings.max_workers, max_message_bytes=settings.max_message_bytes,
-        grace_seconds=settings.grace_seconds,
+        grace_seconds=settings.grace_seconds, max_streams=settings.max_streams, security=settings.security,
+        health_port=settings.health_port or None,
     )
     workers = [Worker(settings, client, registry=registry) for _ in range(settings.workers)]
     threads = [threading.Thread(target=w.run, name=f"worker-{i}", daemon=True) for i, w in enumerate(workers)]
@@ -46,7 +47,8 @@ def main() -> int:
         thread.start()
     client.ping()
     server.set_serving(True)
-    log.info("trainer serving on %s:%d with %d worker(s), redis %s", settings.host, server.port, len(workers), url)
+    log.info("trainer serving on %s:%d with %d worker(s), redis %s", settings.host, server.port, len(workers),
+             masked_url(url))
 
     def stop() -> None:
         server.set_serving(False)

@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = TrainerSettings()
     setup_logging("trainer-worker", settings.common.log_level)
-    url = require_url(settings.common.redis_url)
+    url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     worker = Worker(settings, connect(url), name=args.name, device=args.device)
     stop_on_signals(worker.request_stop, second_exits=True)  # the current batch finishes first
     worker.run(burst=args.burst)

@@ -310,6 +310,11 @@ def test_compose_grpc_service_config_is_consistent(compose: dict[str, Any], clea
     assert svc["healthcheck"]["test"] == ["CMD", "python", "-m", "common.healthcheck", f"127.0.0.1:{s.port}",
                                           grpc_name]
     assert s.common.redis_url.startswith("redis://redis:6379")
+    sec = s.security
+    assert sec.auth_tokens_file is not None and sec.tls and sec.tls_ca is not None, "tokens and mutual TLS"
+    files = [sec.auth_tokens_file, sec.tls_cert, sec.tls_key, sec.tls_ca, s.common.redis_password_file]
+    assert all(f is not None and f.parent == Path("/run/secrets") and f.name in svc["secrets"] for f in files)
+    assert all(name in compose["secrets"] for name in svc["secrets"])
     mounts = named_volume_mounts(svc)
     registry_volume, _ = mounts[str(s.common.registry)]
     assert registry_volume == "registry"
@@ -404,7 +409,9 @@ def test_compose_config_validates_with_docker_compose(files: list[str]) -> None:
         assert rendered[name].get("command") == svc.get("command"), name
         assert rendered[name].get("environment", {}) == env_dict(svc.get("environment")), name
         assert rendered[name]["image"] == svc["image"], name
-        assert rendered[name].get("healthcheck", {}).get("test") == svc.get("healthcheck", {}).get("test"), name
+        # `config` prints a literal `$` escaped as `$$`; load_compose has already interpolated ours.
+        rendered_test = [part.replace("$$", "$") for part in rendered[name].get("healthcheck", {}).get("test", [])]
+        assert rendered_test == svc.get("healthcheck", {}).get("test", []), name
     gpu = [n for n, svc in rendered.items() if svc.get("deploy", {}).get("resources", {}).get("reservations", {})
            .get("devices")]
     assert gpu == ([] if len(files) > 1 else ["trainer", "trainer-worker"])
@@ -601,7 +608,11 @@ def _container_env(k8s: dict[tuple[str, str], dict[str, Any]], container: dict[s
     for source in container.get("envFrom", []):
         env.update({k: str(v) for k, v in k8s[("ConfigMap", source["configMapRef"]["name"])]["data"].items()})
     for item in container.get("env", []):
-        env[item["name"]] = str(item["value"])
+        if "value" in item:
+            env[item["name"]] = str(item["value"])
+        else:  # valueFrom: a Secret's key, which never appears in the manifests
+            ref = item["valueFrom"]["secretKeyRef"]
+            env[item["name"]] = f"<secret {ref['name']}/{ref['key']}>"
     return env
 
 
@@ -641,9 +652,25 @@ def test_k8s_grpc_deployment_matches_compose_and_settings(k8s: dict[tuple[str, s
     assert container["command"] == compose["services"][name]["command"] == ["python", "-m", module]
     s = settings_from_env(clean_env, cls, _container_env(k8s, container))
     assert s.host == "0.0.0.0"
+    volumes_by_name = {v["name"]: v for v in pod["volumes"]}
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["grpc"] == s.port
-    assert container["readinessProbe"]["grpc"] == {"port": s.port, "service": grpc_name}
+    assert container["readinessProbe"]["grpc"] == {"port": s.health_port, "service": grpc_name}
+    assert ports["health"] == s.health_port and s.health_port != s.port
+    assert container["livenessProbe"]["exec"]["command"] == ["python", "-m", "common.healthcheck",
+                                                             f"127.0.0.1:{s.port}", "--any-status"]
+    sec = s.security
+    assert sec.auth_tokens_file is not None and sec.tls and sec.tls_ca is not None, "tokens and mutual TLS"
+    secret_mounts = {m["mountPath"]: volumes_by_name[m["name"]]["secret"]["secretName"]
+                     for m in container["volumeMounts"] if "secret" in volumes_by_name[m["name"]]}
+    assert secret_mounts[str(sec.auth_tokens_file.parent)] == "zdm-tokens"
+    assert {str(p.parent) for p in (sec.tls_cert, sec.tls_key, sec.tls_ca)} == {"/etc/zdm/tls"}
+    assert secret_mounts["/etc/zdm/tls"] == f"zdm-tls-{name}"
+    generated = {g["name"]: g for g in yaml.safe_load((K8S / "kustomization.yaml").read_text())["secretGenerator"]}
+    assert {f"{p.name}=" for p in (sec.tls_cert, sec.tls_key, sec.tls_ca)} == \
+        {f.split("=")[0] + "=" for f in generated[f"zdm-tls-{name}"]["files"]}
+    if name != "explainer":  # the explainer does not use Redis
+        assert s.common.redis_password.get_secret_value() == "<secret zdm-redis/password>"
     service = k8s[("Service", name)]["spec"]
     assert any(p["port"] == s.port and p["targetPort"] == "grpc" for p in service["ports"])
     assert service["selector"].items() <= k8s[("Deployment", name)]["spec"]["template"]["metadata"]["labels"].items()
@@ -701,6 +728,28 @@ def test_k8s_storage_redis_and_autoscaling(k8s: dict[tuple[str, str], dict[str, 
     assert 1 <= hpa["minReplicas"] < hpa["maxReplicas"]
     (classifier,) = k8s[("Deployment", "classifier")]["spec"]["template"]["spec"]["containers"]
     assert "cpu" in classifier["resources"]["requests"], "a CPU utilisation target needs a CPU request"
+
+
+def test_k8s_network_policy_and_redis_password(k8s: dict[tuple[str, str], dict[str, Any]]) -> None:
+    deny = k8s[("NetworkPolicy", "default-deny-ingress")]["spec"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and not deny.get("ingress")
+    redis_policy = k8s[("NetworkPolicy", "redis-from-zdm-pods")]["spec"]
+    assert redis_policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "redis"}
+    (rule,) = redis_policy["ingress"]
+    (source,) = rule["from"]
+    assert "namespaceSelector" not in source, "Redis is reachable from this namespace only"
+    (allowed,) = source["podSelector"]["matchExpressions"]
+    assert set(allowed["values"]) == {"trainer", "trainer-worker", "classifier"}
+    assert rule["ports"] == [{"protocol": "TCP", "port": 6379}]
+    redis = k8s[("StatefulSet", "redis")]["spec"]["template"]["spec"]
+    (container,) = redis["containers"]
+    config = next(v for v in redis["volumes"] if v["name"] == "config")["secret"]
+    assert config["secretName"] == "zdm-redis" and container["args"][1] == "/etc/valkey/" + config["items"][0]["path"]
+    auth_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert auth_env["REDISCLI_AUTH"] == {"name": "zdm-redis", "key": "password"}
+    for name, _pod, c in _containers(k8s):
+        assert not any("password" in str(e.get("value", "")).lower() for e in c.get("env", [])), name
+    assert not any("@" in v for v in k8s[("ConfigMap", "zdm-config")]["data"].values()), "no credentials in URLs"
 
 
 def _check_pod_security(name: str, pod: dict[str, Any], container: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from common import healthcheck
 from common.grpc_server import RunningServer, ServiceBinding, build_server
-from protos.zdm.v1 import classifier_pb2_grpc
+from protos.zdm.v1 import classifier_pb2_grpc, trainer_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = "zdm.v1.Classifier"
@@ -79,3 +79,29 @@ def test_runs_as_module_without_torch(server: RunningServer) -> None:
     probe = "import sys, common.healthcheck; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_probe_speaks_mutual_tls_with_the_services_own_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Inside a container the probe presents the service's certificate (server + client usage) to its own port."""
+    from common.settings import SecuritySettings
+    from tests.tls_support import make_pki
+
+    pki = make_pki(tmp_path)
+    running = build_server("127.0.0.1", 0, [ServiceBinding(trainer_pb2_grpc.TrainerServicer(),
+                                                           trainer_pb2_grpc.add_TrainerServicer_to_server,
+                                                           "zdm.v1.Trainer")],
+                           security=SecuritySettings(tls_cert=pki.server.cert, tls_key=pki.server.key, tls_ca=pki.ca))
+    try:
+        target = f"127.0.0.1:{running.port}"
+        assert healthcheck.main([target, "zdm.v1.Trainer"]) == 1, "plain text against a TLS port"
+        monkeypatch.setenv("ZDM_TLS_CA", str(pki.ca))
+        assert healthcheck.main([target, "zdm.v1.Trainer"]) == 1, "no client certificate under mutual TLS"
+        monkeypatch.setenv("ZDM_TLS_CERT", str(pki.server.cert))
+        monkeypatch.setenv("ZDM_TLS_KEY", str(pki.server.key))
+        assert healthcheck.main([target, "zdm.v1.Trainer"]) == 1 and "NOT_SERVING" in capsys.readouterr().err
+        assert healthcheck.main([target, "zdm.v1.Trainer", "--any-status"]) == 0, "liveness: any answer will do"
+        running.set_serving(True)
+        assert healthcheck.main([target, "zdm.v1.Trainer"]) == 0
+    finally:
+        running.stop(0)

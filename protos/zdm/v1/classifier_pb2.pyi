@@ -130,7 +130,7 @@ class AuditQuery(_message.Message):
     def __init__(self, part_id: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class AuditRecord(_message.Message):
-    __slots__ = ("image_sha256", "model", "threshold", "probabilities", "defective", "timestamp", "line_id", "part_id")
+    __slots__ = ("image_sha256", "model", "threshold", "probabilities", "defective", "timestamp", "line_id", "part_id", "caller")
     IMAGE_SHA256_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +139,7 @@ class AuditRecord(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PART_ID_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
     image_sha256: str
     model: _common_pb2.ModelRef
     threshold: float
@@ -147,7 +148,8 @@ class AuditRecord(_message.Message):
     timestamp: float
     line_id: str
     part_id: str
-    def __init__(self, image_sha256: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., threshold: _Optional[float] = ..., probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., defective: _Optional[bool] = ..., timestamp: _Optional[float] = ..., line_id: _Optional[str] = ..., part_id: _Optional[str] = ...) -> None: ...
+    caller: str
+    def __init__(self, image_sha256: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., threshold: _Optional[float] = ..., probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., defective: _Optional[bool] = ..., timestamp: _Optional[float] = ..., line_id: _Optional[str] = ..., part_id: _Optional[str] = ..., caller: _Optional[str] = ...) -> None: ...
 
 class AuditResponse(_message.Message):
     __slots__ = ("records",)
