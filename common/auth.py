@@ -66,6 +66,7 @@ RPC_ROLES: dict[str, str] = {
     "zdm.v1.Trainer/WatchJob": "scheduler",
     "zdm.v1.Trainer/CancelJob": "scheduler",
     "zdm.v1.Trainer/ListJobs": "scheduler",
+    "zdm.v1.Trainer/CheckDataset": "scheduler",  # reads a dataset the way SubmitJob does, without training
     # admin only (listed for the reader; unlisted RPCs are admin anyway): SetThreshold, SetAlias, CompareModels
     "zdm.v1.Classifier/SetThreshold": "admin",
     "zdm.v1.Trainer/SetAlias": "admin",
