@@ -25,7 +25,7 @@ from client.sdk import (
     model_ref,
     to_dict,
 )
-from client.stack import DEFAULT_PORTS, SERVICES, Stack, free_port
+from client.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, free_port
 from protos.zdm.v1 import common_pb2, explainer_pb2, trainer_pb2
 
 app = typer.Typer(help="Zero-defect inspection: trainer, classifier and explainer services.", no_args_is_help=True)
@@ -58,10 +58,16 @@ def _grpc_errors(func):
 
 # -- stack ------------------------------------------------------------------------------------------
 @app.command()
-def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME) -> None:
+def up(
+    home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME,
+    metrics: Annotated[bool, typer.Option(help="Serve Prometheus /metrics on each service (ZDM_<SERVICE>_METRICS_PORT, "
+                                               f"default {', '.join(map(str, DEFAULT_METRICS_PORTS.values()))}).")] = False,
+) -> None:
     """Start Redis (embedded unless REDIS_URL is set) and the three services; Ctrl-C stops everything."""
     ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_PORT", DEFAULT_PORTS[s])) for s in SERVICES}
-    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports,
+    metrics_ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_METRICS_PORT") or DEFAULT_METRICS_PORTS[s])
+                     for s in SERVICES} if metrics else {}
+    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports, metrics_ports=metrics_ports,
                   log=lambda line: console.print(line, markup=False, highlight=False))
     stopping = threading.Event()
     # Ctrl-C reaches the services too (same process group): they may exit before we notice the signal,
@@ -70,7 +76,8 @@ def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stack.start()
     for service in SERVICES:
-        console.print(f"[green]{service}[/green] on 127.0.0.1:{stack.ports[service]}")
+        console.print(f"[green]{service}[/green] on 127.0.0.1:{stack.ports[service]}"
+                      + (f", metrics http://127.0.0.1:{metrics_ports[service]}/metrics" if metrics else ""))
     console.print("Ctrl-C stops the stack.")
     try:
         while not stopping.wait(0.5):

@@ -56,13 +56,27 @@ def image_from(source: str | Path | bytes, name: str = "") -> common_pb2.Image:
 
 
 def _channel(address: str) -> grpc.Channel:
-    return grpc.insecure_channel(
+    channel = grpc.insecure_channel(
         address,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ],
     )
+    from common.tracing import traced_channel  # client spans + context propagation when tracing is configured
+
+    return traced_channel(channel)
+
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(call: grpc.Call | grpc.RpcError) -> str:
+    """The request id a service returned in the trailing metadata (of a ``with_call`` result or an error)."""
+    for key, value in call.trailing_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return str(value)
+    return ""
 
 
 def wait_serving(address: str, service: str = "", timeout: float = 60.0, *, any_status: bool = False) -> None:

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -34,10 +34,11 @@ class ServiceBinding:
 
 
 def _request_id_from(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and value:
-            return str(value)
-    return uuid.uuid4().hex[:12]
+    """The caller's request id (or a new one), sent back in the trailing metadata of every call, failed or not."""
+    rid = next((str(v) for k, v in context.invocation_metadata() or () if k == REQUEST_ID_HEADER and v), "")
+    rid = rid or uuid.uuid4().hex[:12]
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+    return rid
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, rid: str) -> None:
@@ -153,8 +154,12 @@ class RunningServer:
 
 
 def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_workers: int = 16,
-                 max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0) -> RunningServer:
-    """Build and start a server; port 0 binds a free port. Health starts NOT_SERVING."""
+                 max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> RunningServer:
+    """Build and start a server; port 0 binds a free port. Health starts NOT_SERVING.
+
+    ``interceptors`` (telemetry: tracing, metrics) run outside the error interceptor, so they see final statuses.
+    """
     options = [
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -162,7 +167,7 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[ErrorInterceptor()],
+        interceptors=[*interceptors, ErrorInterceptor()],
         options=options,
     )
     for binding in bindings:

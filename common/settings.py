@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -32,6 +32,8 @@ class CommonSettings(BaseSettings):
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
+    # text | json (one JSON object per line, with request / job / trace ids).
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -56,6 +58,8 @@ class ServerSettings(BaseSettings):
     grace_seconds: float = 10.0
     # Maximum gRPC message size (bytes), both directions.
     max_message_bytes: int = 64 * 1024 * 1024
+    # Prometheus /metrics HTTP port, bound on ``host``; 0 = disabled.
+    metrics_port: int = 0
     common: CommonSettings = Field(default_factory=CommonSettings)
 
 
@@ -96,8 +100,6 @@ class ClassifierSettings(ServerSettings):
     audit_max_len: int = 100_000
     # Seconds between registry scans (fallback when a publish event was missed).
     reload_poll_seconds: float = 5.0
-    # Prometheus metrics HTTP port; 0 = disabled.
-    metrics_port: int = 0
     # torch device for backend "torch" / "auto" ("cuda" uses the GPU when there is one).
     device: str = "cpu"
     # Inference threads of the CPU backend; 0 = the runtime's default (all cores).

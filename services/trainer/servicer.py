@@ -15,6 +15,7 @@ import grpc
 import torch
 from google.protobuf import json_format
 
+from common import tracing
 from common.errors import InvalidArgument
 from common.jobqueue import TERMINAL, Event, JobQueue, JobRecord
 from common.manifest import Manifest
@@ -24,6 +25,7 @@ from common.proto_convert import manifest_to_info
 from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.optim import validate_group_lr
 from services.trainer.spec import parse_job_spec
 from services.trainer.sweep import expand_sweep
@@ -89,10 +91,12 @@ def event_to_proto(job_id: str, event: Event) -> trainer_pb2.JobEvent:
 # -- the servicer --------------------------------------------------------------------------------
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, settings: TrainerSettings, queue: JobQueue, registry: Registry) -> None:
+    def __init__(self, settings: TrainerSettings, queue: JobQueue, registry: Registry, *,
+                 metrics: TrainerMetrics | None = None) -> None:
         self.settings = settings
         self.queue = queue
         self.registry = registry
+        self.metrics = metrics if metrics is not None else TrainerMetrics()
 
     # -- jobs -------------------------------------------------------------------------------------
     def _validate(self, spec: dict[str, Any]) -> None:
@@ -112,15 +116,17 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             spec = json_format.MessageToDict(request.job, preserving_proto_field_name=True)
             self._validate(spec)
             record, dedup = self.queue.submit(spec=spec, max_attempts=max_attempts,
-                                              idempotency_key=request.idempotency_key)
+                                              idempotency_key=request.idempotency_key, trace=tracing.current_context())
         else:
             sweep = json_format.MessageToDict(request.sweep, preserving_proto_field_name=True)
             children = expand_sweep(sweep)
             for child in children:
                 self._validate(child)
             record, dedup = self.queue.submit(sweep=sweep, children=children, max_attempts=max_attempts,
-                                              idempotency_key=request.idempotency_key)
+                                              idempotency_key=request.idempotency_key, trace=tracing.current_context())
         log.info("job %s %s (%s)", record.job_id, "deduplicated" if dedup else "submitted", kind)
+        if not dedup:
+            self.metrics.submitted.labels(kind).inc()
         return trainer_pb2.SubmitJobResponse(job_id=record.job_id, deduplicated=dedup,
                                              child_job_ids=record.child_job_ids)
 
