@@ -119,6 +119,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
         summary.csv_path = str(evaluation.files.csv_path)
         summary.chart_paths.extend(str(p) for p in evaluation.files.chart_paths)
         summary.table_markdown = evaluation.files.table_markdown
+        if evaluation.files.html_path is not None:
+            summary.report_html_path = str(evaluation.files.html_path)
     else:
         summary.table_markdown = report.markdown_table(evaluation)
     return summary

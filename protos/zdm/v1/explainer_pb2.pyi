@@ -200,7 +200,7 @@ class ModelEvaluation(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., overall: _Optional[_Union[AggregateScores, _Mapping]] = ..., by_mask_size: _Optional[_Mapping[str, AggregateScores]] = ..., beats_baselines: _Optional[bool] = ..., region: _Optional[str] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
-    __slots__ = ("models", "whole_image_baseline", "centred_disc_baseline", "pointing_chance", "csv_path", "chart_paths", "table_markdown")
+    __slots__ = ("models", "whole_image_baseline", "centred_disc_baseline", "pointing_chance", "csv_path", "chart_paths", "table_markdown", "report_html_path")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     WHOLE_IMAGE_BASELINE_FIELD_NUMBER: _ClassVar[int]
     CENTRED_DISC_BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -208,6 +208,7 @@ class DatasetSummary(_message.Message):
     CSV_PATH_FIELD_NUMBER: _ClassVar[int]
     CHART_PATHS_FIELD_NUMBER: _ClassVar[int]
     TABLE_MARKDOWN_FIELD_NUMBER: _ClassVar[int]
+    REPORT_HTML_PATH_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelEvaluation]
     whole_image_baseline: AggregateScores
     centred_disc_baseline: AggregateScores
@@ -215,7 +216,8 @@ class DatasetSummary(_message.Message):
     csv_path: str
     chart_paths: _containers.RepeatedScalarFieldContainer[str]
     table_markdown: str
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelEvaluation, _Mapping]]] = ..., whole_image_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., centred_disc_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., pointing_chance: _Optional[float] = ..., csv_path: _Optional[str] = ..., chart_paths: _Optional[_Iterable[str]] = ..., table_markdown: _Optional[str] = ...) -> None: ...
+    report_html_path: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelEvaluation, _Mapping]]] = ..., whole_image_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., centred_disc_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., pointing_chance: _Optional[float] = ..., csv_path: _Optional[str] = ..., chart_paths: _Optional[_Iterable[str]] = ..., table_markdown: _Optional[str] = ..., report_html_path: _Optional[str] = ...) -> None: ...
 
 class EvaluateDatasetEvent(_message.Message):
     __slots__ = ("progress", "summary")
