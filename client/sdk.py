@@ -48,6 +48,26 @@ def model_ref(name: str = "", version: int = 0, alias: str = "") -> common_pb2.M
     return common_pb2.ModelRef(name=name, version=version, alias=alias)
 
 
+def parse_model_ref(text: str) -> common_pb2.ModelRef:
+    """``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS`` as a ModelRef; empty = the service's default model.
+
+    Raises:
+        ValueError: a version that is not a positive integer, or an empty name before ``:`` / ``@``.
+    """
+    text = text.strip()
+    if not text:
+        return common_pb2.ModelRef()
+    if "@" in text:
+        name, _, alias = text.partition("@")
+        if not name or not alias:
+            raise ValueError(f"model {text!r}: expected NAME@ALIAS")
+        return common_pb2.ModelRef(name=name, alias=alias)
+    name, sep, version = text.partition(":")
+    if not name or (sep and not (version.isdigit() and int(version) > 0)):
+        raise ValueError(f"model {text!r}: expected NAME or NAME:VERSION (a version >= 1)")
+    return common_pb2.ModelRef(name=name, version=int(version) if sep else 0)
+
+
 def image_from(source: str | Path | bytes, name: str = "") -> common_pb2.Image:
     if isinstance(source, bytes):
         return common_pb2.Image(data=source, name=name)
@@ -136,6 +156,9 @@ class TrainerClient:
     def set_alias(self, name: str, alias: str, version: int) -> common_pb2.ModelInfo:
         return self.stub.SetAlias(trainer_pb2.SetAliasRequest(name=name, alias=alias, version=version))
 
+    def compare_models(self, a: common_pb2.ModelRef, b: common_pb2.ModelRef) -> trainer_pb2.CompareModelsResponse:
+        return self.stub.CompareModels(trainer_pb2.CompareModelsRequest(a=a, b=b))
+
     def close(self) -> None:
         self.channel.close()
 
@@ -163,6 +186,9 @@ class ClassifierClient:
     def set_threshold(self, name: str, threshold: float) -> classifier_pb2.ServedModel:
         return self.stub.SetThreshold(classifier_pb2.SetThresholdRequest(name=name, threshold=threshold))
 
+    def query_audit(self, part_id: str = "", limit: int = 0) -> list[classifier_pb2.AuditRecord]:
+        return list(self.stub.QueryAudit(classifier_pb2.AuditQuery(part_id=part_id, limit=limit)).records)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -189,5 +215,6 @@ class ExplainerClient:
 
 
 def to_dict(message: object) -> dict:
-    """A proto message as a plain dict (snake_case names), for printing and JSON output."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
+    """A proto message as a plain dict (snake_case names, zero values included), for printing and JSON output."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,  # type: ignore[arg-type]
+                                     always_print_fields_with_no_presence=True)

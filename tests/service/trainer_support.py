@@ -81,6 +81,7 @@ class Harness:
     queue: JobQueue
     registry: Registry
     stub: trainer_pb2_grpc.TrainerStub
+    address: str = ""  # host:port of the in-process server (for the CLI / SDK)
 
     def worker(self, **kwargs: object) -> Worker:
         return Worker(self.settings, self.client, registry=self.registry, progress_interval=0.0, **kwargs)
@@ -131,7 +132,8 @@ def trainer_harness(settings: TrainerSettings, client: redis.Redis) -> Iterator[
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
     with one_torch_thread():
         try:
-            yield Harness(settings, client, queue, registry, trainer_pb2_grpc.TrainerStub(channel))
+            yield Harness(settings, client, queue, registry, trainer_pb2_grpc.TrainerStub(channel),
+                          f"127.0.0.1:{server.port}")
         finally:
             channel.close()
             server.stop(0)
