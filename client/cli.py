@@ -70,7 +70,7 @@ def up(
     metrics_ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_METRICS_PORT") or DEFAULT_METRICS_PORTS[s])
                      for s in SERVICES} if metrics else {}
     stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports, metrics_ports=metrics_ports,
-                  log=lambda line: console.print(line, markup=False, highlight=False))
+                  log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     stopping = threading.Event()
     # Ctrl-C reaches the services too (same process group): they may exit before we notice the signal,
     # so a child that ended while stopping is expected, not a failure.
