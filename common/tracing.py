@@ -65,13 +65,20 @@ def configured_provider() -> TracerProvider | None:
     return _configured
 
 
+def _traced_calls():
+    """Every call except health checks and reflection (probes every few seconds would drown the traces)."""
+    from opentelemetry.instrumentation.grpc import filters
+
+    return filters.negate(filters.any_of(filters.health_check(), filters.service_prefix("grpc.reflection.")))
+
+
 def server_interceptors(provider: TracerProvider | None) -> list[grpc.ServerInterceptor]:
     """The OpenTelemetry server interceptor for ``provider``; none when tracing is off."""
     if provider is None:
         return []
     from opentelemetry.instrumentation.grpc import server_interceptor
 
-    return [server_interceptor(tracer_provider=provider)]
+    return [server_interceptor(tracer_provider=provider, filter_=_traced_calls())]
 
 
 def traced_channel(channel: grpc.Channel, provider: TracerProvider | None = None) -> grpc.Channel:
@@ -82,7 +89,7 @@ def traced_channel(channel: grpc.Channel, provider: TracerProvider | None = None
     from opentelemetry.instrumentation.grpc import client_interceptor
     from opentelemetry.instrumentation.grpc.grpcext import intercept_channel  # its own interceptor protocol
 
-    return intercept_channel(channel, client_interceptor(tracer_provider=provider))
+    return intercept_channel(channel, client_interceptor(tracer_provider=provider, filter_=_traced_calls()))
 
 
 def current_context() -> dict[str, str]:

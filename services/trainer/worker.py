@@ -52,6 +52,7 @@ from common.log import setup_logging
 from common.redis_conn import connect, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
+from common.telemetry import ServiceTelemetry
 from services.trainer import checkpoints
 from services.trainer.distributed import fit_distributed
 from services.trainer.metrics import TrainerMetrics
@@ -358,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("trainer-worker", settings.common.log_level, settings.common.log_format)
     tracing.setup_tracing("trainer-worker")
     url = require_url(settings.common.redis_url)
-    worker = Worker(settings, connect(url), name=args.name, device=args.device)
+    client = connect(url)
+    telemetry = ServiceTelemetry("trainer-worker")  # /metrics on ZDM_TRAINER_METRICS_PORT (one per process)
+    metrics = TrainerMetrics(telemetry.registry, JobQueue(client, settings.common.key_prefix))
+    telemetry.serve(settings.host, settings.metrics_port)
+    worker = Worker(settings, client, name=args.name, device=args.device, metrics=metrics)
     stop_on_signals(worker.request_stop, second_exits=True)  # the current batch finishes first
     worker.run(burst=args.burst)
     return 0

@@ -6,6 +6,7 @@ import urllib.request
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -181,3 +182,27 @@ def test_classifier_metrics_keep_default_collectors_and_grpc_series(tmp_path, re
         assert_bound_to_loopback(running.app.telemetry.endpoint)
     finally:
         running.close()
+
+
+def test_health_checks_are_not_traced_and_tracing_is_off_by_default(spans, monkeypatch) -> None:
+    provider, exporter = spans
+    for name in ("OTEL_TRACES_EXPORTER", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert tracing.exporters_from_env() == []
+    assert [type(e).__name__ for e in tracing.exporters_from_env({"OTEL_TRACES_EXPORTER": "console"})] == \
+        ["ConsoleSpanExporter"]
+    assert tracing.exporters_from_env({"OTEL_TRACES_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "x:1"}) == []
+    telemetry = ServiceTelemetry("explainer", tracer_provider=provider)
+    server = build_server("127.0.0.1", 0, [], interceptors=telemetry.interceptors)
+    channel = tracing.traced_channel(grpc.insecure_channel(f"127.0.0.1:{server.port}"), provider)
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        with pytest.raises(grpc.RpcError) as missing:
+            classifier_pb2_grpc.ClassifierStub(channel).GetModelInfo(classifier_pb2.GetModelInfoRequest())
+        assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        channel.close()
+        server.stop(0)
+    names = {s.name for s in exporter.get_finished_spans()}
+    assert "/grpc.health.v1.Health/Check" not in names
+    assert "/zdm.v1.Classifier/GetModelInfo" in names  # the client span of an ordinary call
