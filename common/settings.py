@@ -35,6 +35,11 @@ class CommonSettings(BaseSettings):
     # text | json (one JSON object per line, with request / job / trace ids).
     log_format: Literal["text", "json"] = "text"
 
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
