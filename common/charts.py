@@ -34,7 +34,7 @@ def bar_chart(title: str, groups: Sequence[str], series: Sequence[Series], refer
     n_groups, n_series = max(1, len(groups)), max(1, len(series))
     # Fixed margins in inches (a constrained layout cost a third more time per chart): the legend on the right,
     # up to three lines of group labels below.
-    plot_w, legend_w, height = max(4.0, n_groups * (0.5 * n_series + 0.6)), 2.6, 4.2
+    plot_w, legend_w, height = max(3.2, n_groups * (0.5 * n_series + 0.6)), 2.5, 4.2
     width = 0.8 + plot_w + legend_w
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
