@@ -601,6 +601,8 @@ def train_sweep(
     as_json: Annotated[bool, typer.Option("--json", help="Print the job (and its comparison) as JSON.")] = False,
 ) -> None:
     """Every architecture × freeze policy as child jobs of one sweep; prints the comparison table."""
+    if html is not None and not watch:
+        raise typer.BadParameter("--html needs --watch (the page shows the finished sweep)")
     arms = [_arm(a) for a in arm or ["frozen", "partial", "unfrozen"]]
     base = trainer_pb2.JobSpec(model_name=name, weights=_weights(weights), dataset_path=str(dataset.resolve()),
                                recipe=trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, lr=lr,
