@@ -23,9 +23,10 @@ from client.sdk import (
     TrainerClient,
     image_from,
     model_ref,
+    parse_model_ref,
     to_dict,
 )
-from client.stack import DEFAULT_PORTS, SERVICES, Stack, free_port
+from client.stack import DEFAULT_METRICS_PORTS, DEFAULT_PORTS, SERVICES, Stack, free_port
 from protos.zdm.v1 import common_pb2, explainer_pb2, trainer_pb2
 from services.explainer import method_names
 
@@ -35,6 +36,7 @@ models_app = typer.Typer(help="Published models.", no_args_is_help=True)
 app.add_typer(train_app, name="train")
 app.add_typer(models_app, name="models")
 console = Console()
+err_console = Console(stderr=True)  # progress bars: stdout stays clean for --json
 DEFAULT_HOME = Path(os.environ.get("ZDM_HOME", Path.home() / ".zdm"))
 
 
@@ -95,11 +97,17 @@ def new_token(
 
 # -- stack ------------------------------------------------------------------------------------------
 @app.command()
-def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME) -> None:
+def up(
+    home: Annotated[Path, typer.Option(help="Registry, cache and data home.")] = DEFAULT_HOME,
+    metrics: Annotated[bool, typer.Option(help="Serve Prometheus /metrics on each service (ZDM_<SERVICE>_METRICS_PORT, "
+                                               f"default {', '.join(map(str, DEFAULT_METRICS_PORTS.values()))}).")] = False,
+) -> None:
     """Start Redis (embedded unless REDIS_URL is set) and the three services; Ctrl-C stops everything."""
     ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_PORT", DEFAULT_PORTS[s])) for s in SERVICES}
-    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports,
-                  log=lambda line: console.print(line, markup=False, highlight=False))
+    metrics_ports = {s: int(os.environ.get(f"ZDM_{s.upper()}_METRICS_PORT") or DEFAULT_METRICS_PORTS[s])
+                     for s in SERVICES} if metrics else {}
+    stack = Stack(home=home, redis_url=os.environ.get("REDIS_URL", ""), ports=ports, metrics_ports=metrics_ports,
+                  log=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True))
     stopping = threading.Event()
     # Ctrl-C reaches the services too (same process group): they may exit before we notice the signal,
     # so a child that ended while stopping is expected, not a failure.
@@ -107,7 +115,8 @@ def up(home: Annotated[Path, typer.Option(help="Registry, cache and data home.")
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     stack.start()
     for service in SERVICES:
-        console.print(f"[green]{service}[/green] on 127.0.0.1:{stack.ports[service]}")
+        console.print(f"[green]{service}[/green] on 127.0.0.1:{stack.ports[service]}"
+                      + (f", metrics http://127.0.0.1:{metrics_ports[service]}/metrics" if metrics else ""))
     console.print("Ctrl-C stops the stack.")
     try:
         while not stopping.wait(0.5):
@@ -463,6 +472,310 @@ def export_cmd(
     console.print(f"{m.name} v{m.version} {fmt}: {state} in {result.folder}")
     for rel, f in record.files.items():
         console.print(f"  {rel}  {f.size} bytes  sha256 {f.sha256}")
+
+
+def _emit_json(data: object) -> None:
+    """One JSON document on stdout (for scripts: no colours, no progress text)."""
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _model_option(text: str) -> common_pb2.ModelRef:
+    try:
+        return parse_model_ref(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+class _dataset_progress:
+    """A progress bar (on stderr) fed by EvaluateProgress events: one task per model."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self):
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeRemainingColumn(), console=err_console, transient=True)
+        self.progress.start()
+        self.tasks: dict[tuple[str, int], int] = {}
+        return self.update
+
+    def update(self, p: explainer_pb2.EvaluateProgress) -> None:
+        key = (p.model.name, p.model.version)
+        if key not in self.tasks:
+            self.tasks[key] = self.progress.add_task(f"{self.what} {p.model.name} v{p.model.version}", total=p.total)
+        self.progress.update(self.tasks[key], completed=p.done, total=p.total)
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+
+
+# -- zdm evaluate -----------------------------------------------------------------------------------
+@app.command()
+@_grpc_errors
+def evaluate(
+    images: Annotated[Path, typer.Argument(help="Folder of images (searched recursively).")],
+    masks: Annotated[Path, typer.Argument(help="Folder of defect masks mirroring the images' sub-folders.")],
+    model: Annotated[list[str] | None, typer.Option(help="NAME[:VERSION] or NAME@ALIAS; repeat to compare models. "
+                                                         "Default: the explainer's default model.")] = None,
+    method: Annotated[str, typer.Option(help=" | ".join(m for m in METHODS if m))] = "",
+    layer: str = "",
+    threshold: Annotated[float | None, typer.Option(help="Default: each model's.")] = None,
+    region: Annotated[str, typer.Option(help="all | peak; default: each model's.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many images (0 = all).")] = 0,
+    batch_size: int = 0,
+    output_dir: Annotated[str, typer.Option(help="Report folder (relative: under the explainer's output root).")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+) -> None:
+    """Explain and score every annotated image; writes per-image CSV, charts and an HTML report."""
+    if method not in METHODS:
+        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    request = explainer_pb2.EvaluateDatasetRequest(
+        images_path=str(images.resolve()), masks_path=str(masks.resolve()),
+        models=[_model_option(m) for m in model or []], method=METHODS[method], layer=layer, region=region,
+        limit=limit, batch_size=batch_size, output_dir=output_dir)
+    if threshold is not None:
+        request.threshold = threshold
+    summary = None
+    with _dataset_progress("evaluating") as on_progress:
+        for event in ExplainerClient(Endpoints.from_env().explainer).evaluate(request):
+            if event.HasField("progress"):
+                on_progress(event.progress)
+            else:
+                summary = event.summary
+    if summary is None:
+        console.print("[red]the evaluation ended without a summary[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        _emit_json(to_dict(summary))
+        return
+    table = Table("model", "method @ layer", "threshold", "images", "mean IoU", "pooled IoU", "mean IoP", "mean IoGT",
+                  "pointing", "beats baselines", title="explanation evaluation")
+    for m in summary.models:
+        o = m.overall
+        table.add_row(f"{m.model.name} v{m.model.version}", f"{m.method} @ {m.layer}", f"{m.threshold:g}",
+                      str(o.images), f"{o.mean.iou:.3f}", f"{o.pooled.iou:.3f}", f"{o.mean.iop:.3f}",
+                      f"{o.mean.iogt:.3f}", f"{o.pointing_game:.2f}",
+                      "[green]yes[/green]" if m.beats_baselines else "[red]no[/red]")
+    for label, b in (("whole image (baseline)", summary.whole_image_baseline),
+                     ("centred disc (baseline)", summary.centred_disc_baseline)):
+        table.add_row(f"[dim]{label}[/dim]", "", "", str(b.images), f"{b.mean.iou:.3f}", f"{b.pooled.iou:.3f}",
+                      f"{b.mean.iop:.3f}", f"{b.mean.iogt:.3f}", f"{b.pointing_game:.2f}", "")
+    console.print(table)
+    if summary.report_html_path:
+        console.print(f"report: {summary.report_html_path}")
+    if summary.csv_path:
+        console.print(f"per-image scores: {summary.csv_path}")
+
+
+# -- zdm search -------------------------------------------------------------------------------------
+@app.command()
+@_grpc_errors
+def search(
+    images: Annotated[Path, typer.Argument(help="Folder of validation images.")],
+    masks: Annotated[Path, typer.Argument(help="Folder of their defect masks.")],
+    model: Annotated[str, typer.Option(help="NAME[:VERSION] or NAME@ALIAS; default: the explainer's default.")] = "",
+    method: Annotated[str, typer.Option(help=" | ".join(m for m in METHODS if m))] = "",
+    layer: Annotated[list[str] | None, typer.Option(help="Candidate layer (repeat); default: the architecture's.")] = None,
+    threshold: Annotated[list[float] | None, typer.Option(help="Candidate threshold (repeat); default 0.1..0.9.")] = None,
+    region: Annotated[list[str] | None, typer.Option(help="Candidate region all | peak (repeat); default all.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many images (0 = all).")] = 0,
+    store: Annotated[bool, typer.Option(help="Write the winner into the model's explanation defaults.")] = False,
+    top: Annotated[int, typer.Option(help="Candidates listed (best first).")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Search the explanation layer / threshold (/ region) that best matches the masks."""
+    if method not in METHODS:
+        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    request = explainer_pb2.SearchDefaultsRequest(
+        model=_model_option(model), images_path=str(images.resolve()), masks_path=str(masks.resolve()),
+        method=METHODS[method], layers=layer or [], thresholds=threshold or [], regions=region or [], limit=limit,
+        store=store)
+    result = None
+    with _dataset_progress("searching") as on_progress:
+        for event in ExplainerClient(Endpoints.from_env().explainer).search_defaults(request):
+            if event.HasField("progress"):
+                on_progress(event.progress)
+            else:
+                result = event.result
+    if result is None:
+        console.print("[red]the search ended without a result[/red]")
+        raise typer.Exit(1)
+    if as_json:
+        _emit_json(to_dict(result))
+        return
+    table = Table("layer", "threshold", "region", "score", "mean IoU", "predicted area",
+                  title="candidates (score: mean IoU above the whole-image baseline)")
+    ranked = sorted(result.candidates, key=lambda c: (-c.score, c.predicted_area))
+    for c in ranked[:max(0, top)]:
+        table.add_row(c.layer, f"{c.threshold:g}", c.region or "all", f"{c.score:+.3f}", f"{c.mean_iou:.3f}",
+                      f"{c.predicted_area:.3f}")
+    console.print(table)
+    b = result.best
+    console.print(f"best: {b.layer} at threshold {b.threshold:g}, region {b.region or 'all'} (score {b.score:+.3f})"
+                  + ("; stored as the model's defaults" if result.stored else ""))
+
+
+# -- zdm threshold get|set --------------------------------------------------------------------------
+threshold_app = typer.Typer(help="The classifier's decision threshold per model.", no_args_is_help=True)
+app.add_typer(threshold_app, name="threshold")
+
+
+def _print_served(served, as_json: bool) -> None:
+    if as_json:
+        _emit_json({"name": served.info.name, "version": served.info.version, "threshold": served.threshold,
+                    "backend": served.backend})
+    else:
+        console.print(f"{served.info.name} v{served.info.version}: threshold {served.threshold:g} ({served.backend})")
+
+
+@threshold_app.command("get")
+@_grpc_errors
+def threshold_get(
+    model: Annotated[str, typer.Argument(help="NAME[:VERSION] or NAME@ALIAS; empty = the default model.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """The threshold in force for a model."""
+    _print_served(ClassifierClient(Endpoints.from_env().classifier).model_info(_model_option(model)), as_json)
+
+
+@threshold_app.command("set")
+@_grpc_errors
+def threshold_set(
+    name: Annotated[str, typer.Argument(help="Model name (all its versions share the threshold).")],
+    value: Annotated[float, typer.Argument(help="New threshold in [0, 1].")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Set a model's threshold (persisted; every replica picks it up)."""
+    _print_served(ClassifierClient(Endpoints.from_env().classifier).set_threshold(name, value), as_json)
+
+
+# -- zdm audit --------------------------------------------------------------------------------------
+@app.command()
+@_grpc_errors
+def audit(
+    part_id: Annotated[str, typer.Option(help="Records of this part; empty = the newest of any part.")] = "",
+    limit: Annotated[int, typer.Option(help="At most this many records (0 = 100).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
+) -> None:
+    """Recorded verdicts (newest first): what the line was told, with which model and threshold."""
+    records = ClassifierClient(Endpoints.from_env().classifier).query_audit(part_id, limit)
+    if as_json:
+        _emit_json([to_dict(r) for r in records])
+        return
+    import datetime
+
+    table = Table("time (UTC)", "part", "line", "verdict", "probabilities", "threshold", "model", "image sha256")
+    for r in records:
+        when = datetime.datetime.fromtimestamp(r.timestamp, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        probabilities = ", ".join(f"{p.class_name} {p.probability:.3f}" for p in r.probabilities)
+        table.add_row(when, r.part_id, r.line_id, "[red]DEFECTIVE[/red]" if r.defective else "[green]ok[/green]",
+                      probabilities, f"{r.threshold:g}", f"{r.model.name} v{r.model.version}", r.image_sha256[:12])
+    console.print(table)
+    console.print(f"{len(records)} record(s)")
+
+
+# -- zdm models compare -----------------------------------------------------------------------------
+@models_app.command("compare")
+@_grpc_errors
+def models_compare(
+    a: Annotated[str, typer.Argument(help="NAME[:VERSION] or NAME@ALIAS")],
+    b: Annotated[str, typer.Argument(help="NAME[:VERSION] or NAME@ALIAS")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Cosine similarity of two models' flattened parameters (those they share)."""
+    reply = TrainerClient(Endpoints.from_env().trainer).compare_models(_model_option(a), _model_option(b))
+    if as_json:
+        _emit_json({"a": a, "b": b, "cosine_similarity": reply.cosine_similarity,
+                    "compared_tensors": reply.compared_tensors, "skipped_tensors": reply.skipped_tensors})
+        return
+    console.print(f"cosine({a}, {b}) = {reply.cosine_similarity:.6f} over {reply.compared_tensors} tensors"
+                  + (f" ({reply.skipped_tensors} not shared)" if reply.skipped_tensors else ""))
+
+
+# -- zdm train sweep --------------------------------------------------------------------------------
+def _arm(text: str) -> trainer_pb2.SweepArm:
+    """``frozen`` | ``partial`` | ``unfrozen``, optionally ``MODE:LR`` (that arm's learning rate)."""
+    mode, _, lr = text.partition(":")
+    try:
+        arm = trainer_pb2.SweepArm(freeze=_freeze(mode), label=mode)
+        if lr:
+            arm.lr = float(lr)
+    except (KeyError, ValueError):
+        raise typer.BadParameter(f"arm {text!r}: expected frozen | partial | unfrozen, optionally MODE:LR") from None
+    return arm
+
+
+def _follow_sweep(client: TrainerClient, job_id: str, children: int, poll: float = 0.5) -> trainer_pb2.Job:
+    """Poll the parent until it ends; the bar counts finished children."""
+    import time
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} jobs"),
+                  console=err_console, transient=True) as progress:
+        task = progress.add_task("sweep", total=children)
+        while True:
+            job = client.get(job_id)
+            done = sum(1 for c in job.child_job_ids
+                       if client.get(c).state in (trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED,
+                                                  trainer_pb2.JOB_STATE_CANCELLED))
+            progress.update(task, completed=done)
+            if job.state in (trainer_pb2.JOB_STATE_SUCCEEDED, trainer_pb2.JOB_STATE_FAILED,
+                             trainer_pb2.JOB_STATE_CANCELLED):
+                return job
+            time.sleep(poll)
+
+
+@train_app.command("sweep")
+@_grpc_errors
+def train_sweep(
+    dataset: Annotated[Path, typer.Argument(help="ImageFolder root with train/ and test/.")],
+    architecture: Annotated[list[str], typer.Option(help="Architecture (repeat).")],
+    arm: Annotated[list[str] | None, typer.Option(help="frozen | partial | unfrozen[:LR] (repeat); default all.")] = None,
+    name: Annotated[str, typer.Option(help="Registry name prefix of the children.")] = "sweep",
+    weights: str = "hub",
+    epochs: int = 6,
+    batch_size: int = 32,
+    lr: float = 2e-5,
+    image_size: int = 0,
+    idempotency_key: str = "",
+    watch: Annotated[bool, typer.Option(help="Wait for the sweep and print its comparison.")] = True,
+    html: Annotated[Path | None, typer.Option(help="Write the comparison as an HTML page here (needs --watch).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the job (and its comparison) as JSON.")] = False,
+) -> None:
+    """Every architecture × freeze policy as child jobs of one sweep; prints the comparison table."""
+    if html is not None and not watch:
+        raise typer.BadParameter("--html needs --watch (the page shows the finished sweep)")
+    arms = [_arm(a) for a in arm or ["frozen", "partial", "unfrozen"]]
+    base = trainer_pb2.JobSpec(model_name=name, weights=_weights(weights), dataset_path=str(dataset.resolve()),
+                               recipe=trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, lr=lr,
+                                                         image_size=image_size))
+    client = TrainerClient(Endpoints.from_env().trainer)
+    response = client.submit_sweep(trainer_pb2.SweepSpec(base=base, architectures=architecture, arms=arms),
+                                   idempotency_key=idempotency_key)
+    if not watch:
+        if as_json:
+            _emit_json(to_dict(response))
+        else:
+            console.print(f"sweep {response.job_id}: {len(response.child_job_ids)} child job(s)")
+        return
+    job = _follow_sweep(client, response.job_id, len(response.child_job_ids))
+    if html is not None:
+        from client.reports import sweep_page
+
+        html.write_text(sweep_page(job), encoding="utf-8")
+    if as_json:
+        _emit_json(to_dict(job))
+    else:
+        from client.reports import sweep_rows
+
+        headers, rows = sweep_rows(job)
+        table = Table(*headers[:-1], title=f"sweep {job.job_id}: {trainer_pb2.JobState.Name(job.state)}")
+        for row in rows:
+            table.add_row(*("–" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row[:-1]))
+        console.print(table)
+        if html is not None:
+            console.print(f"comparison page: {html}")
+    if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

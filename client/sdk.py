@@ -48,6 +48,26 @@ def model_ref(name: str = "", version: int = 0, alias: str = "") -> common_pb2.M
     return common_pb2.ModelRef(name=name, version=version, alias=alias)
 
 
+def parse_model_ref(text: str) -> common_pb2.ModelRef:
+    """``NAME``, ``NAME:VERSION`` or ``NAME@ALIAS`` as a ModelRef; empty = the service's default model.
+
+    Raises:
+        ValueError: a version that is not a positive integer, or an empty name before ``:`` / ``@``.
+    """
+    text = text.strip()
+    if not text:
+        return common_pb2.ModelRef()
+    if "@" in text:
+        name, _, alias = text.partition("@")
+        if not name or not alias:
+            raise ValueError(f"model {text!r}: expected NAME@ALIAS")
+        return common_pb2.ModelRef(name=name, alias=alias)
+    name, sep, version = text.partition(":")
+    if not name or (sep and not (version.isdigit() and int(version) > 0)):
+        raise ValueError(f"model {text!r}: expected NAME or NAME:VERSION (a version >= 1)")
+    return common_pb2.ModelRef(name=name, version=int(version) if sep else 0)
+
+
 def image_from(source: str | Path | bytes, name: str = "") -> common_pb2.Image:
     if isinstance(source, bytes):
         return common_pb2.Image(data=source, name=name)
@@ -81,6 +101,17 @@ class Credentials:
     @property
     def tls(self) -> bool:
         return self.tls_ca is not None or self.tls_cert is not None
+
+
+REQUEST_ID_HEADER = "x-request-id"
+
+
+def request_id_of(call: grpc.Call | grpc.RpcError) -> str:
+    """The request id a service returned in the trailing metadata (of a ``with_call`` result or an error)."""
+    for key, value in call.trailing_metadata() or ():
+        if key == REQUEST_ID_HEADER:
+            return str(value)
+    return ""
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -135,6 +166,9 @@ def channel(address: str, credentials: Credentials | None = None) -> grpc.Channe
         base = grpc.secure_channel(address, tls, options=options)
     else:
         base = grpc.insecure_channel(address, options=options)
+    from common.tracing import traced_channel  # client spans + context propagation when tracing is configured
+
+    base = traced_channel(base)
     return grpc.intercept_channel(base, _BearerToken(creds.token)) if creds.token else base
 
 
@@ -205,6 +239,9 @@ class TrainerClient:
             request.val_fraction = val_fraction
         return self.stub.CheckDataset(request)
 
+    def compare_models(self, a: common_pb2.ModelRef, b: common_pb2.ModelRef) -> trainer_pb2.CompareModelsResponse:
+        return self.stub.CompareModels(trainer_pb2.CompareModelsRequest(a=a, b=b))
+
     def close(self) -> None:
         self.channel.close()
 
@@ -232,6 +269,9 @@ class ClassifierClient:
     def set_threshold(self, name: str, threshold: float) -> classifier_pb2.ServedModel:
         return self.stub.SetThreshold(classifier_pb2.SetThresholdRequest(name=name, threshold=threshold))
 
+    def query_audit(self, part_id: str = "", limit: int = 0) -> list[classifier_pb2.AuditRecord]:
+        return list(self.stub.QueryAudit(classifier_pb2.AuditQuery(part_id=part_id, limit=limit)).records)
+
     def close(self) -> None:
         self.channel.close()
 
@@ -258,5 +298,6 @@ class ExplainerClient:
 
 
 def to_dict(message: object) -> dict:
-    """A proto message as a plain dict (snake_case names), for printing and JSON output."""
-    return json_format.MessageToDict(message, preserving_proto_field_name=True)  # type: ignore[arg-type]
+    """A proto message as a plain dict (snake_case names, zero values included), for printing and JSON output."""
+    return json_format.MessageToDict(message, preserving_proto_field_name=True,  # type: ignore[arg-type]
+                                     always_print_fields_with_no_presence=True)

@@ -25,6 +25,7 @@ from common.settings import CommonSettings
 SERVICES = ("trainer", "classifier", "explainer")
 SERVICE_NAMES = {"trainer": "zdm.v1.Trainer", "classifier": "zdm.v1.Classifier", "explainer": "zdm.v1.Explainer"}
 DEFAULT_PORTS = {"trainer": 50051, "classifier": 50052, "explainer": 50053}
+DEFAULT_METRICS_PORTS = {"trainer": 9451, "classifier": 9452, "explainer": 9453}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -49,6 +50,8 @@ class Stack:
     ports: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PORTS))
     data_roots: list[Path] = field(default_factory=list)
     extra_env: dict[str, str] = field(default_factory=dict)
+    # Prometheus /metrics port per service (absent: the service's own ZDM_<SERVICE>_METRICS_PORT, default off).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     log: Callable[[str], None] = print
     _redis: EmbeddedRedis | None = None
     _procs: dict[str, subprocess.Popen] = field(default_factory=dict)
@@ -85,6 +88,8 @@ class Stack:
         for service in SERVICES:
             env[f"ZDM_{service.upper()}_PORT"] = str(self.ports[service])
             env[f"ZDM_{service.upper()}_HOST"] = "127.0.0.1"
+            if service in self.metrics_ports:
+                env[f"ZDM_{service.upper()}_METRICS_PORT"] = str(self.metrics_ports[service])
         env.update(self.extra_env)
         return env
 

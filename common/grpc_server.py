@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -39,10 +39,11 @@ class ServiceBinding:
 
 
 def _request_id_from(context: grpc.ServicerContext) -> str:
-    for key, value in context.invocation_metadata() or ():
-        if key == REQUEST_ID_HEADER and value:
-            return str(value)
-    return uuid.uuid4().hex[:12]
+    """The caller's request id (or a new one), sent back in the trailing metadata of every call, failed or not."""
+    rid = next((str(v) for k, v in context.invocation_metadata() or () if k == REQUEST_ID_HEADER and v), "")
+    rid = rid or uuid.uuid4().hex[:12]
+    context.set_trailing_metadata(((REQUEST_ID_HEADER, rid),))
+    return rid
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str, rid: str) -> None:
@@ -165,13 +166,15 @@ class RunningServer:
 def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_workers: int = 16,
                  max_message_bytes: int = 64 * 1024 * 1024, grace_seconds: float = 10.0,
                  max_streams: int = 1024, security: SecuritySettings | None = None,
-                 health_port: int | None = None) -> RunningServer:
+                 health_port: int | None = None,
+                 interceptors: Sequence[grpc.ServerInterceptor] = ()) -> RunningServer:
     """Build and start a server; port 0 binds a free port. Health starts NOT_SERVING.
 
     ``security`` (default: read from the environment) sets tokens, TLS and rate limits (docs/security.md);
     ``max_workers`` threads stay for unary calls whatever ``max_streams`` streams hold (common/streams.py).
     ``health_port`` (None = off, 0 = a free port) serves only the health service, in plain text on a pool of
     its own: for probes that speak neither TLS nor tokens (the kubelet's gRPC probe).
+    ``interceptors`` (telemetry: tracing, metrics) run outside the others, so they see final statuses.
     """
     security = security if security is not None else SecuritySettings()
     exposure_check(host, security.auth_tokens_file, security.allow_insecure)
@@ -185,7 +188,7 @@ def build_server(host: str, port: int, bindings: list[ServiceBinding], *, max_wo
     ]
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers + max_streams, thread_name_prefix="grpc"),
-        interceptors=[AuthInterceptor(tokens, limiter), StreamLimitInterceptor(max_streams),
+        interceptors=[*interceptors, AuthInterceptor(tokens, limiter), StreamLimitInterceptor(max_streams),
                       ErrorInterceptor()],
         options=options,
     )

@@ -65,6 +65,8 @@ class JobRecord(BaseModel):
     checkpoint_epoch: int = 0
     idempotency_key: str = ""
     dataset_report: dict[str, Any] = Field(default_factory=dict)  # proto3-JSON DatasetReport from submit time
+    # W3C trace context of the submitting call (traceparent, tracestate): the worker's span continues that trace.
+    trace: dict[str, str] = Field(default_factory=dict)
 
 
 @dataclass
@@ -184,8 +186,11 @@ class JobQueue:
     # -- submit --------------------------------------------------------------------------------
     def submit(self, *, spec: dict[str, Any] | None = None, sweep: dict[str, Any] | None = None,
                children: list[dict[str, Any]] | None = None, max_attempts: int = 3,
-               idempotency_key: str = "") -> tuple[JobRecord, bool]:
-        """Store and enqueue a job (or a sweep parent plus its children). Returns (record, deduplicated)."""
+               idempotency_key: str = "", trace: dict[str, str] | None = None) -> tuple[JobRecord, bool]:
+        """Store and enqueue a job (or a sweep parent plus its children). Returns (record, deduplicated).
+
+        ``trace``: the submitter's trace context, stored with the job and each child.
+        """
         job_id = uuid.uuid4().hex[:16]
         if idempotency_key:
             digest = spec_digest({"spec": spec, "sweep": sweep})
@@ -200,9 +205,10 @@ class JobQueue:
                     )
                 return self.get(existing["job_id"]), True
         record = JobRecord(job_id=job_id, spec=spec, sweep=sweep, max_attempts=max_attempts,
-                           idempotency_key=idempotency_key)
+                           idempotency_key=idempotency_key, trace=trace or {})
         child_records = [
-            JobRecord(job_id=f"{job_id}-{i}", spec=child, max_attempts=max_attempts, parent_job_id=job_id)
+            JobRecord(job_id=f"{job_id}-{i}", spec=child, max_attempts=max_attempts, parent_job_id=job_id,
+                      trace=trace or {})
             for i, child in enumerate(children or [])
         ]
         record.child_job_ids = [c.job_id for c in child_records]
@@ -325,6 +331,15 @@ class JobQueue:
         """
         pending = self.r.xpending(self.stream, GROUP)
         return int(pending["pending"]) + int(self.r.zcard(f"{self.p}:jobs:delayed"))
+
+    def waiting(self) -> int:
+        """Jobs enqueued but not yet delivered to any worker (the group's lag), plus delayed retries."""
+        lag = 0
+        for group in self.r.xinfo_groups(self.stream):
+            name = group.get("name")
+            if name in (GROUP, GROUP.encode()):
+                lag = int(group.get("lag") or 0)
+        return lag + int(self.r.zcard(f"{self.p}:jobs:delayed"))
 
     def dead_letter(self, job_id: str, reason: str) -> None:
         self.r.xadd(f"{self.p}:deadletter", {"job_id": job_id, "reason": reason, "ts": repr(time.time())},

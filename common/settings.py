@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
@@ -39,6 +39,13 @@ class CommonSettings(BaseSettings):
     # Cache for converted models and dataset statistics.
     cache_dir: Path = DEFAULT_HOME / "cache"
     log_level: str = "INFO"
+    # text | json (one JSON object per line, with request / job / trace ids).
+    log_format: Literal["text", "json"] = "text"
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_format(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     def redis_url_with_password(self, url: str) -> str:
         """``url`` (this setting, resolved by the caller) with the password setting put in, when it has none.
@@ -121,6 +128,8 @@ class ServerSettings(BaseSettings):
     grace_seconds: float = 10.0
     # Maximum gRPC message size (bytes), both directions.
     max_message_bytes: int = 64 * 1024 * 1024
+    # Prometheus /metrics HTTP port, bound on ``host``; 0 = disabled.
+    metrics_port: int = 0
     common: CommonSettings = Field(default_factory=CommonSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
 
@@ -166,8 +175,6 @@ class ClassifierSettings(ServerSettings):
     audit_max_len: int = 100_000
     # Seconds between registry scans (fallback when a publish event was missed).
     reload_poll_seconds: float = 5.0
-    # Prometheus metrics HTTP port; 0 = disabled.
-    metrics_port: int = 0
     # torch device for backend "torch" / "auto" ("cuda" uses the GPU when there is one).
     device: str = "cpu"
     # Inference threads of the CPU backend; 0 = the runtime's default (all cores).

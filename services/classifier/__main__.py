@@ -22,13 +22,15 @@ from common.images import silence_opencv_logs  # noqa: E402
 from common.log import setup_logging  # noqa: E402
 from common.redis_conn import connect, require_url  # noqa: E402
 from common.settings import ClassifierSettings  # noqa: E402
+from common.tracing import setup_tracing  # noqa: E402
 
 log = logging.getLogger("services.classifier")
 
 
 def main() -> int:
     settings = ClassifierSettings()
-    setup_logging("classifier", settings.common.log_level)
+    setup_logging("classifier", settings.common.log_level, settings.common.log_format)
+    setup_tracing("classifier")
     url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     cv2.setNumThreads(settings.opencv_threads)
     silence_opencv_logs()

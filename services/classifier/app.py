@@ -14,6 +14,7 @@ import redis
 from common.grpc_server import RunningServer, ServiceBinding, build_server
 from common.registry import Registry
 from common.settings import ClassifierSettings
+from common.telemetry import ServiceTelemetry
 from protos.inference import open_inference_pb2_grpc
 from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier import inference_protocol
@@ -43,6 +44,7 @@ class ClassifierApp:
         self.settings = settings
         prefix = settings.common.key_prefix
         self.metrics = ClassifierMetrics()
+        self.telemetry = ServiceTelemetry("classifier", self.metrics.registry)
         self.registry = Registry(settings.common.registry)
         self.thresholds = ThresholdStore(redis_client, prefix, settings.default_threshold, settings.threshold_cache_seconds)
         self.audit = AuditLog(
@@ -96,9 +98,9 @@ class ClassifierApp:
             max_streams=s.max_streams,
             security=s.security,
             health_port=s.health_port or None,
+            interceptors=self.telemetry.interceptors,
         )
-        if s.metrics_port > 0:
-            self.metrics.serve(s.metrics_port)
+        self.telemetry.serve(s.host, s.metrics_port)
         self.store.start()
         log.info("classifier listening on %s:%d", s.host, self.server.port)
         return self.server.port
@@ -109,6 +111,7 @@ class ClassifierApp:
             self.server.stop(grace)
         self.store.close()
         self.audit.close()
+        self.telemetry.close()
 
     def _on_ready(self, ready: bool) -> None:
         if self.server is not None:

@@ -1,13 +1,16 @@
 """Prometheus metrics of the classifier, in a registry of their own (so tests can build several).
 
-Exposed over HTTP by :meth:`ClassifierMetrics.serve` when ``metrics_port`` > 0.
+The registry also holds the standard process / python collectors and the gRPC server series
+(:mod:`common.telemetry`); the service exposes it on ``metrics_port`` when that is > 0.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from common.prometheus import new_registry
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +23,7 @@ class ClassifierMetrics:
     """Every metric the classifier exports. Methods are cheap enough for the verdict path."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry()
+        self.registry = registry if registry is not None else new_registry()
         r = self.registry
         self.requests = Counter(
             "zdm_classifier_requests_total", "Finished calls (stream items count singly)", ["method", "code"], registry=r
@@ -61,8 +64,3 @@ class ClassifierMetrics:
             self.model_info.remove(name, str(version), backend)
         except KeyError:
             pass
-
-    def serve(self, port: int, host: str = "0.0.0.0") -> None:
-        """Start the /metrics HTTP endpoint in a daemon thread."""
-        start_http_server(port, addr=host, registry=self.registry)
-        log.info("metrics on http://%s:%d/metrics", host, port)

@@ -11,7 +11,10 @@ from common.images import silence_opencv_logs
 from common.log import setup_logging
 from common.registry import Registry
 from common.settings import ExplainerSettings
+from common.telemetry import ServiceTelemetry
+from common.tracing import setup_tracing
 from protos.zdm.v1 import explainer_pb2_grpc
+from services.explainer.metrics import ExplainerMetrics
 from services.explainer.model_store import ExplainerModelStore
 from services.explainer.servicer import ExplainerServicer
 
@@ -21,18 +24,25 @@ log = logging.getLogger("services.explainer")
 READY_POLL_SECONDS = 1.0
 
 
-def build(settings: ExplainerSettings):
+def build(settings: ExplainerSettings, telemetry: ServiceTelemetry | None = None):
     """The started server and its servicer. Health is NOT_SERVING until the default model (named, else
     the newest published) has loaded, as for the classifier; a background thread polls the registry
-    for it. Other models still load on demand."""
+    for it. Other models still load on demand.
+
+    ``telemetry``: metrics registry and tracing (default: a new one); /metrics is served on
+    ``settings.metrics_port`` when that is > 0 (``telemetry.close()`` stops it).
+    """
+    telemetry = telemetry or ServiceTelemetry("explainer")
     store = ExplainerModelStore(Registry(settings.common.registry), settings.default_model, settings.default_alias)
-    servicer = ExplainerServicer(settings, store)
+    servicer = ExplainerServicer(settings, store, metrics=ExplainerMetrics(telemetry.registry))
     server = build_server(settings.host, settings.port,
                           [ServiceBinding(servicer, explainer_pb2_grpc.add_ExplainerServicer_to_server,
                                           "zdm.v1.Explainer")],
                           max_workers=settings.max_workers, max_message_bytes=settings.max_message_bytes,
                           grace_seconds=settings.grace_seconds, max_streams=settings.max_streams,
-                          security=settings.security, health_port=settings.health_port or None)
+                          security=settings.security, health_port=settings.health_port or None,
+                          interceptors=telemetry.interceptors)
+    telemetry.serve(settings.host, settings.metrics_port)
     threading.Thread(target=_serve_once_loaded, args=(store, server), name="explainer-ready", daemon=True).start()
     return server, servicer
 
@@ -60,7 +70,8 @@ def _serve_once_loaded(store: ExplainerModelStore, server: RunningServer) -> Non
 
 def main() -> None:
     settings = ExplainerSettings()
-    setup_logging("explainer", settings.common.log_level)
+    setup_logging("explainer", settings.common.log_level, settings.common.log_format)
+    setup_tracing("explainer")
     silence_opencv_logs()
     server, _ = build(settings)
     log.info("explainer listening on %s:%d (registry %s)", settings.host, server.port, settings.common.registry)

@@ -27,6 +27,7 @@ from common.overlap import OverlapAccumulator, OverlapScores, SetScores, aggrega
 from services.explainer import report
 from services.explainer.annotated import AnnotatedSet, sample_batches
 from services.explainer.engine import ExplainOptions, Resolved, check_layer, explain_images, resolve_options
+from services.explainer.gallery import Gallery
 from services.explainer.model_store import LoadedModel
 
 
@@ -192,6 +193,7 @@ def evaluate_dataset(
     baseline_tally = _BaselineTally()
     total = len(dataset.items)
     empty = 0
+    gallery = Gallery() if out_dir is not None else None
     with report.PerImageCsv(out_dir / report.CSV_NAME if out_dir is not None else None) as csv:
         for batch in sample_batches(dataset, batch_size, max_bytes=max_image_bytes, max_pixels=max_image_pixels):
             if not is_active():
@@ -206,8 +208,11 @@ def evaluate_dataset(
                     for sample, explanation in zip(samples, explanations, strict=True):
                         assert explanation.scores is not None
                         tally.scores.append(explanation.scores)
-                        csv.write(report.ImageRow.of(sample.item.name, model.manifest, res, explanation,
-                                                     size_bucket(explanation.scores.mask_area)))
+                        bucket = size_bucket(explanation.scores.mask_area)
+                        csv.write(report.ImageRow.of(sample.item.name, model.manifest, res, explanation, bucket))
+                        if gallery is not None:
+                            gallery.offer(f"{model.manifest.name} v{model.manifest.version}", sample.item.name, bucket,
+                                          sample.image, sample.mask, explanation)
                 yield Progress(model.manifest.name, model.manifest.version, done, total)
         if not len(baseline_tally.overall):
             raise InvalidArgument(f"all {total} masks mark no defect: nothing to evaluate")
@@ -220,5 +225,5 @@ def evaluate_dataset(
         )
         csv.commit()
     if out_dir is not None:
-        evaluation = report.write_report(evaluation, out_dir, csv_path=csv.path)
+        evaluation = report.write_report(evaluation, out_dir, csv_path=csv.path, gallery=gallery)
     yield evaluation

@@ -1,9 +1,8 @@
-"""Files of a dataset evaluation: per-image CSV, bar charts (PNG), a markdown table and a JSON summary.
-
-Charts follow the thesis's Figures 5.17–5.19 (IoU, IoP and IoGT per model), drawn with OpenCV so the
-service needs no plotting library: per model a bar for the mean and one for the pooled score, the
-trivial baselines (whole image, centred disc) as dashed reference lines. Two more charts: the pointing
-game against its chance level, and mean IoU per mask-size bucket beside the whole-image baseline.
+"""Files of a dataset evaluation: per-image CSV, charts (PNG, :mod:`charts`), a markdown table, a JSON
+summary and ``report.html``: one self-contained page with the settings, the summary beside the trivial
+baselines, the charts, and a gallery of the worst explanations (:mod:`gallery`) filterable by mask size
+and model. The page's summary columns are the fields of :class:`SetScores` and a gallery card shows
+every score field of the image's result, so new scores appear without touching the page.
 
 Reports are written only under the service's output root or a configured data root, and only into a
 folder that is new or that the explainer made (it holds ``.zdm-report``): never over a foreign file.
@@ -23,12 +22,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-import cv2
-import numpy as np
-
 from common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
+from common.html_page import esc, fmt, page, png_uri, table
 from common.manifest import Manifest
 from common.overlap import SetScores
+from services.explainer.charts import charts
+from services.explainer.gallery import TILES, Gallery, GalleryEntry
 
 if TYPE_CHECKING:
     from services.explainer.engine import Explanation, Resolved
@@ -39,6 +38,7 @@ TABLE_NAME = "summary.md"
 JSON_NAME = "summary.json"
 OWNER_MARKER = ".zdm-report"  # in every folder the explainer made for reports
 METRICS = (("iou", "IoU"), ("iop", "IoP"), ("iogt", "IoGT"))
+HTML_NAME = "report.html"
 
 
 # --------------------------------------------------------------------------- where reports go
@@ -238,150 +238,103 @@ def _threshold_free_rows(evaluation: DatasetEvaluation) -> list[str]:
     return lines
 
 
-# --------------------------------------------------------------------------- charts
+# --------------------------------------------------------------------------- HTML page
 
-_BG = (255, 255, 255)
-_INK = (40, 40, 40)
-_GRID = (225, 225, 225)
-_SERIES_COLOURS = ((180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148), (75, 86, 140))
-_REFERENCE_COLOURS = ((60, 60, 60), (34, 34, 178), (0, 140, 200))
-_FONT = cv2.FONT_HERSHEY_SIMPLEX
-
-
-@dataclass(frozen=True)
-class Series:
-    label: str
-    values: Sequence[float]  # one per group
-
-
-@dataclass(frozen=True)
-class Reference:
-    """A dashed line: one value for all groups, or one per group."""
-
-    label: str
-    values: Sequence[float]
+_FILTER_JS = """
+(function(){
+  var sel={bucket:document.getElementById('bucket'),model:document.getElementById('model')};
+  function apply(){
+    var shown=0, cards=document.querySelectorAll('.card');
+    cards.forEach(function(c){
+      var ok=(sel.bucket.value==='*'||c.dataset.bucket===sel.bucket.value)&&
+             (sel.model.value==='*'||c.dataset.model===sel.model.value);
+      c.classList.toggle('hidden',!ok); if(ok){shown++;}
+    });
+    document.getElementById('shown').textContent=shown+' of '+cards.length+' shown';
+  }
+  sel.bucket.addEventListener('change',apply); sel.model.addEventListener('change',apply); apply();
+})();
+"""
 
 
-def _text(img: np.ndarray, text: str, org: tuple[int, int], scale: float = 0.45, colour=_INK, thick: int = 1,
-          centre: bool = False) -> None:
-    (w, _), _ = cv2.getTextSize(text, _FONT, scale, thick)
-    x = org[0] - w // 2 if centre else org[0]
-    cv2.putText(img, text, (x, org[1]), _FONT, scale, colour, thick, cv2.LINE_AA)
+def _set_fields() -> list[str]:
+    return [f.name for f in dataclasses.fields(SetScores)]
 
 
-def _dashed(img: np.ndarray, x0: int, x1: int, y: int, colour: tuple[int, int, int], dash: int = 8) -> None:
-    for x in range(x0, x1, dash * 2):
-        cv2.line(img, (x, y), (min(x + dash, x1), y), colour, 2, cv2.LINE_AA)
+def _summary_rows(evaluation: DatasetEvaluation) -> tuple[list[str], list[list[object]], list[str]]:
+    """Headers, rows and row classes of the summary: per set, the models then the baselines."""
+    fields = _set_fields()
+    headers = ["set", "model", *(f.replace("_", " ") for f in fields), "beats baselines"]
+    rows: list[list[object]] = []
+    classes: list[str] = []
+
+    def add(set_label: str, label: str, scores: SetScores, verdict: object, cls: str) -> None:
+        rows.append([set_label, label, *(getattr(scores, f) for f in fields), verdict])
+        classes.append(cls)
+
+    def baselines(set_label: str, b: Baselines) -> None:
+        add(set_label, "whole image (baseline)", dataclasses.replace(b.whole_image, pointing_rate=b.pointing_chance),
+            "", "baseline")
+        add(set_label, "centred disc (baseline)", dataclasses.replace(b.centred_disc, pointing_rate=b.pointing_centre),
+            "", "baseline")
+
+    for m in evaluation.models:
+        add("all", m.label, m.overall, m.beats_baselines, "good" if m.beats_baselines else "bad")
+    baselines("all", evaluation.baselines)
+    for label, b in evaluation.baselines_by_size.items():
+        for m in evaluation.models:
+            if label in m.by_size:
+                add(label, m.label, m.by_size[label], m.beats_by_size[label], "good" if m.beats_by_size[label] else "bad")
+        baselines(label, b)
+    return headers, rows, classes
 
 
-def _wrap(label: str, max_chars: int, max_lines: int = 4) -> list[str]:
-    """Word-wrap ``label`` (long words cut into pieces); '...' ends a label that needs more lines."""
-    pieces = [w[i:i + max_chars] for w in label.split() for i in range(0, len(w), max_chars)]
-    lines: list[str] = []
-    for piece in pieces:
-        if lines and len(lines[-1]) + 1 + len(piece) <= max_chars:
-            lines[-1] += " " + piece
-        else:
-            lines.append(piece)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        lines[-1] = lines[-1][:max(0, max_chars - 3)] + "..."
-    return lines or [""]
+def _card(entry: GalleryEntry) -> str:
+    figures = "".join(f'<figure><img src="{uri}" alt="{esc(name)} of {esc(entry.image)}"><figcaption>{esc(name)}'
+                      f"</figcaption></figure>" for name, uri in zip(TILES, entry.tiles, strict=True))
+    scores = " · ".join(f"{esc(k)} {esc(fmt(v))}" for k, v in entry.scores.items())
+    return (f'<div class="card" data-bucket="{esc(entry.bucket)}" data-model="{esc(entry.model)}">'
+            f'<div class="name" title="{esc(entry.image)}">{esc(entry.image)}</div><div class="tiles">{figures}</div>'
+            f'<div class="scores">{scores}</div><div class="scores">{esc(entry.model)} · {esc(entry.bucket)} · '
+            f"predicted {esc(entry.predicted_class)} ({entry.probability:.2f})</div></div>")
 
 
-def bar_chart(title: str, groups: Sequence[str], series: Sequence[Series], references: Sequence[Reference] = (),
-              y_label: str = "", y_max: float = 1.0) -> np.ndarray:
-    """A grouped bar chart as a BGR image; values are printed above the bars, references are dashed lines
-    (across the plot when one value is given, else one segment per group)."""
-    n_groups, n_series = max(1, len(groups)), max(1, len(series))
-    bar_w = 36 if n_series * n_groups <= 12 else 24
-    left, right, top, axis_h, labels_h = 70, 30, 60, 300, 90
-    width = max(560, left + right + n_groups * (n_series * bar_w + 50))
-    group_w = (width - left - right) / n_groups
-    legend_h = 22 * (len(series) + len(references)) + 10
-    height = top + axis_h + labels_h + legend_h
-    img = np.full((height, width, 3), _BG, np.uint8)
-    y0 = top + axis_h  # pixel row of value 0
-
-    def ypix(v: float) -> int:
-        return int(round(y0 - axis_h * min(max(v, 0.0), y_max) / y_max))
-
-    def colour(palette: tuple[tuple[int, int, int], ...], i: int) -> tuple[int, int, int]:
-        return palette[i % len(palette)]
-
-    _text(img, title, (width // 2, 30), 0.6, thick=2, centre=True)
-    for k in range(6):
-        v = y_max * k / 5
-        cv2.line(img, (left, ypix(v)), (width - right, ypix(v)), _GRID, 1)
-        _text(img, f"{v:.1f}", (left - 40, ypix(v) + 5))
-    if y_label:
-        _text(img, y_label, (8, top - 14))
-    for r_i, ref in enumerate(references):
-        if len(set(ref.values)) == 1 or len(ref.values) != len(groups):
-            _dashed(img, left, width - right, ypix(float(ref.values[0])), colour(_REFERENCE_COLOURS, r_i))
-    for g, name in enumerate(groups):
-        centre = left + group_w * (g + 0.5)
-        gx = int(round(centre - n_series * bar_w / 2))
-        for r_i, ref in enumerate(references):
-            if len(ref.values) == len(groups) and len(set(ref.values)) > 1:
-                _dashed(img, gx - 10, gx + n_series * bar_w + 10, ypix(float(ref.values[g])),
-                        colour(_REFERENCE_COLOURS, r_i))
-        for s_i, s in enumerate(series):
-            x = gx + s_i * bar_w
-            v = float(s.values[g])
-            cv2.rectangle(img, (x + 3, ypix(v)), (x + bar_w - 3, y0), colour(_SERIES_COLOURS, s_i), -1)
-            _text(img, f"{v:.2f}", (x + bar_w // 2, ypix(v) - 5), 0.38, centre=True)
-        for line_no, part in enumerate(_wrap(name, max(10, int(group_w) // 8))):
-            _text(img, part, (int(centre), y0 + 20 + 17 * line_no), 0.42, centre=True)
-    cv2.line(img, (left, y0), (width - right, y0), _INK, 1)
-    cv2.line(img, (left, top), (left, y0), _INK, 1)
-    ly = y0 + labels_h
-    for s_i, s in enumerate(series):
-        cv2.rectangle(img, (left, ly + 22 * s_i), (left + 16, ly + 22 * s_i + 12), colour(_SERIES_COLOURS, s_i), -1)
-        _text(img, s.label, (left + 24, ly + 22 * s_i + 11))
-    for r_i, ref in enumerate(references):
-        y = ly + 22 * (len(series) + r_i) + 6
-        _dashed(img, left, left + 16, y, colour(_REFERENCE_COLOURS, r_i), dash=4)
-        _text(img, ref.label, (left + 24, y + 5))
-    return img
+def _select(name: str, label: str, values: Sequence[str]) -> str:
+    options = '<option value="*">all</option>' + "".join(f'<option value="{esc(v)}">{esc(v)}</option>' for v in values)
+    return f'<label for="{name}">{esc(label)}</label> <select id="{name}">{options}</select>'
 
 
-def _write_png(path: Path, img: np.ndarray) -> Path:
-    ok, buf = cv2.imencode(".png", img)
-    if not ok:  # pragma: no cover - uint8 BGR always encodes
-        raise RuntimeError(f"could not encode {path.name}")
-    path.write_bytes(buf.tobytes())
-    return path
-
-
-def charts(evaluation: DatasetEvaluation) -> dict[str, np.ndarray]:
-    """Chart file name -> BGR image."""
-    labels = [m.label for m in evaluation.models]
-    b = evaluation.baselines
-    out: dict[str, np.ndarray] = {}
-    for key, name in METRICS:
-        out[f"{key}.png"] = bar_chart(
-            f"{name} per model ({evaluation.images} images)", labels,
-            [Series(f"mean {name}", [getattr(m.overall, f"mean_{key}") for m in evaluation.models]),
-             Series(f"pooled {name}", [getattr(m.overall, f"pooled_{key}") for m in evaluation.models])],
-            [Reference(f"whole image (mean {getattr(b.whole_image, f'mean_{key}'):.2f})",
-                       [getattr(b.whole_image, f"mean_{key}")]),
-             Reference(f"centred disc (mean {getattr(b.centred_disc, f'mean_{key}'):.2f})",
-                       [getattr(b.centred_disc, f"mean_{key}")])],
-            y_label=name)
-    out["pointing.png"] = bar_chart(
-        "Pointing game per model", labels,
-        [Series("hit rate", [m.overall.pointing_rate or 0.0 for m in evaluation.models])],
-        [Reference(f"chance (mean mask area {b.pointing_chance:.2f})", [b.pointing_chance])], y_label="hit rate")
-    buckets = list(evaluation.baselines_by_size)
-    out["iou_by_size.png"] = bar_chart(
-        "Mean IoU by mask size", [f"{k} ({evaluation.baselines_by_size[k].images})" for k in buckets],
-        [Series(m.label, [m.by_size[k].mean_iou if k in m.by_size else 0.0 for k in buckets])
-         for m in evaluation.models],
-        [Reference("whole image", [evaluation.baselines_by_size[k].whole_image.mean_iou for k in buckets]),
-         Reference("centred disc", [evaluation.baselines_by_size[k].centred_disc.mean_iou for k in buckets])],
-        y_label="mean IoU")
-    return out
+def html_report(evaluation: DatasetEvaluation, chart_pngs: dict[str, bytes], gallery: Gallery | None) -> str:
+    """The evaluation as one self-contained page: settings, summary with baselines, charts, worst-first gallery."""
+    settings = "".join(
+        f"<li><b>{esc(m.label)}</b>: {esc(m.resolved.method)} at <code>{esc(m.resolved.layer)}</code>, threshold "
+        f"{m.resolved.threshold:g}, normalisation {esc(m.resolved.normalization)}, region {esc(m.resolved.region)}</li>"
+        for m in evaluation.models)
+    headers, rows, classes = _summary_rows(evaluation)
+    body = [
+        f'<p class="meta">Images scored: {evaluation.images} (skipped: {evaluation.without_mask} without a mask file, '
+        f"{evaluation.empty_masks} whose mask marks no defect). A model beats the baselines when its mean IoU is above "
+        f"both trivial maps' and its pointing game above chance (the baselines' pointing column: chance level for the "
+        f"whole image, the image centre for the disc).</p><ul>{settings}</ul>",
+        "<h2>Summary</h2>",
+        table(headers, rows, left=2, row_classes=classes, cell_classes={len(headers) - 1: "verdict"}),
+        '<h2>Charts</h2><div class="charts">',
+        *(f'<img src="{png_uri(data)}" alt="{esc(name)}">' for name, data in chart_pngs.items()),
+        "</div>",
+    ]
+    entries = gallery.entries() if gallery is not None else []
+    if entries:
+        buckets = [b for b in evaluation.baselines_by_size if any(e.bucket == b for e in entries)]
+        body += [
+            f"<h2>Worst explanations first</h2><p class=\"legend\">Per model and mask size the {gallery.per_bucket} "
+            "images with the lowest IoU. Last tile: <span style=\"color:#28aa3c\">predicted and defect</span>, "
+            "<span style=\"color:#dc3228\">predicted only</span>, <span style=\"color:#285ae6\">missed defect</span>."
+            "</p>",
+            f'<div class="controls">{_select("bucket", "mask size", buckets)}'
+            f'{_select("model", "model", [m.label for m in evaluation.models])}<span id="shown"></span></div>',
+            '<div class="gallery">', *(_card(e) for e in entries), "</div>",
+        ]
+    return page("Explanation evaluation", "".join(body), script=_FILTER_JS if entries else "")
 
 
 # --------------------------------------------------------------------------- everything
@@ -394,6 +347,7 @@ class ReportFiles:
     table_path: Path
     json_path: Path
     table_markdown: str
+    html_path: Path | None = None
 
 
 def summary_dict(evaluation: DatasetEvaluation) -> dict[str, Any]:
@@ -402,13 +356,20 @@ def summary_dict(evaluation: DatasetEvaluation) -> dict[str, Any]:
     return data
 
 
-def write_report(evaluation: DatasetEvaluation, out_dir: Path, *, csv_path: Path | None) -> DatasetEvaluation:
-    """Write charts, table and JSON next to the CSV; returns the evaluation with its files."""
+def write_report(evaluation: DatasetEvaluation, out_dir: Path, *, csv_path: Path | None,
+                 gallery: Gallery | None = None) -> DatasetEvaluation:
+    """Write charts, table, JSON and the HTML page next to the CSV; returns the evaluation with its files."""
     table = markdown_table(evaluation)
     table_path = out_dir / TABLE_NAME
     table_path.write_text(table, encoding="utf-8")
     json_path = out_dir / JSON_NAME
     json_path.write_text(json.dumps(summary_dict(evaluation), indent=2), encoding="utf-8")
-    chart_paths = [_write_png(out_dir / name, img) for name, img in charts(evaluation).items()]
-    files = ReportFiles(csv_path or out_dir / CSV_NAME, chart_paths, table_path, json_path, table)
+    pngs = charts(evaluation)
+    chart_paths = []
+    for name, data in pngs.items():
+        (out_dir / name).write_bytes(data)
+        chart_paths.append(out_dir / name)
+    html_path = out_dir / HTML_NAME
+    html_path.write_text(html_report(evaluation, pngs, gallery), encoding="utf-8")
+    files = ReportFiles(csv_path or out_dir / CSV_NAME, chart_paths, table_path, json_path, table, html_path)
     return dataclasses.replace(evaluation, files=files)

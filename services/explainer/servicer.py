@@ -23,6 +23,7 @@ from services.explainer.annotated import AnnotatedSet, find_annotated
 from services.explainer.cam import GradientOptions
 from services.explainer.engine import ExplainOptions, Tiling, explain_images
 from services.explainer.evaluate import DatasetEvaluation, Progress, evaluate_dataset, resolve_all
+from services.explainer.metrics import ExplainerMetrics
 from services.explainer.model_store import ExplainerModelStore, LoadedModel
 from services.explainer.regions import REGIONS
 from services.explainer.search import DEFAULT_HOLDOUT, Candidate, HeldOut, search_with_holdout
@@ -144,6 +145,8 @@ def summary_to_proto(evaluation: DatasetEvaluation) -> explainer_pb2.DatasetSumm
         summary.csv_path = str(evaluation.files.csv_path)
         summary.chart_paths.extend(str(p) for p in evaluation.files.chart_paths)
         summary.table_markdown = evaluation.files.table_markdown
+        if evaluation.files.html_path is not None:
+            summary.report_html_path = str(evaluation.files.html_path)
     else:
         summary.table_markdown = report.markdown_table(evaluation)
     return summary
@@ -170,9 +173,11 @@ def progress_to_proto(p: Progress) -> explainer_pb2.EvaluateProgress:
 
 
 class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
-    def __init__(self, settings: ExplainerSettings, store: ExplainerModelStore) -> None:
+    def __init__(self, settings: ExplainerSettings, store: ExplainerModelStore, *,
+                 metrics: ExplainerMetrics | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics if metrics is not None else ExplainerMetrics()
 
     def Explain(self, request: explainer_pb2.ExplainRequest, context: grpc.ServicerContext):
         started = time.perf_counter()
@@ -205,6 +210,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             response.overlay_png = hm.overlay_png(image, result.heatmap)
             response.mask_png = hm.mask_png(result.mask)
         response.seconds = time.perf_counter() - started
+        self.metrics.explain_seconds.labels(resolved.method).observe(response.seconds)
         return response
 
     def _check_answer_fits(self, request: explainer_pb2.ExplainRequest) -> None:
@@ -242,13 +248,24 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
                                             self.settings.common.data_roots)
         log.info("evaluating %d images (%d without a mask) with %s into %s", len(dataset.items),
                  dataset.without_mask, ", ".join(f"{m.manifest.name} v{m.manifest.version}" for m in models), out_dir)
-        for event in evaluate_dataset(models, dataset, opts, batch_size=self._batch_size(request.batch_size),
-                                      out_dir=out_dir, max_image_bytes=self.settings.max_image_bytes,
-                                      max_image_pixels=self.settings.max_image_pixels, is_active=context.is_active):
-            if isinstance(event, Progress):
-                yield explainer_pb2.EvaluateDatasetEvent(progress=progress_to_proto(event))
-            else:
-                yield explainer_pb2.EvaluateDatasetEvent(summary=summary_to_proto(event))
+        started, outcome = time.monotonic(), "cancelled"
+        try:
+            for event in evaluate_dataset(models, dataset, opts, batch_size=self._batch_size(request.batch_size),
+                                          out_dir=out_dir, max_image_bytes=self.settings.max_image_bytes,
+                                          max_image_pixels=self.settings.max_image_pixels,
+                                          is_active=context.is_active):
+                if isinstance(event, Progress):
+                    yield explainer_pb2.EvaluateDatasetEvent(progress=progress_to_proto(event))
+                else:
+                    outcome = "ok"
+                    self.metrics.evaluated_images.inc(event.images * len(event.models))
+                    self.metrics.evaluation_seconds.observe(time.monotonic() - started)
+                    yield explainer_pb2.EvaluateDatasetEvent(summary=summary_to_proto(event))
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            self.metrics.evaluations.labels(outcome).inc()
 
     def SearchDefaults(self, request: explainer_pb2.SearchDefaultsRequest,
                        context: grpc.ServicerContext) -> Iterator[explainer_pb2.SearchDefaultsEvent]:
@@ -270,6 +287,7 @@ class ExplainerServicer(explainer_pb2_grpc.ExplainerServicer):
             if isinstance(event, Progress):
                 yield explainer_pb2.SearchDefaultsEvent(progress=progress_to_proto(event))
             else:
+                self.metrics.searches.labels("ok").inc()
                 yield explainer_pb2.SearchDefaultsEvent(result=self._search_result(loaded, event, request.store))
 
     def _search_result(self, loaded: LoadedModel, result: HeldOut, store: bool) -> explainer_pb2.SearchResult:

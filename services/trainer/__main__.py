@@ -16,7 +16,10 @@ from common.log import setup_logging
 from common.redis_conn import connect, masked_url, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
+from common.telemetry import ServiceTelemetry
+from common.tracing import setup_tracing
 from protos.zdm.v1 import trainer_pb2_grpc
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.servicer import TrainerServicer
 from services.trainer.worker import Worker
 
@@ -27,21 +30,25 @@ SERVICE_NAME = "zdm.v1.Trainer"
 
 def main() -> int:
     settings = TrainerSettings()
-    setup_logging("trainer", settings.common.log_level)
+    setup_logging("trainer", settings.common.log_level, settings.common.log_format)
+    setup_tracing("trainer")
     url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
     client = connect(url)
     registry = Registry(settings.common.registry)
     queue = JobQueue(client, settings.common.key_prefix, lease_seconds=settings.lease_seconds,
                      history_ttl_seconds=settings.history_ttl_seconds)
-    servicer = TrainerServicer(settings, queue, registry)
+    telemetry = ServiceTelemetry("trainer")
+    metrics = TrainerMetrics(telemetry.registry, queue)
+    servicer = TrainerServicer(settings, queue, registry, metrics=metrics)
     server = build_server(
         settings.host, settings.port,
         [ServiceBinding(servicer, trainer_pb2_grpc.add_TrainerServicer_to_server, SERVICE_NAME)],
         max_workers=settings.max_workers, max_message_bytes=settings.max_message_bytes,
         grace_seconds=settings.grace_seconds, max_streams=settings.max_streams, security=settings.security,
-        health_port=settings.health_port or None,
+        health_port=settings.health_port or None, interceptors=telemetry.interceptors,
     )
-    workers = [Worker(settings, client, registry=registry) for _ in range(settings.workers)]
+    telemetry.serve(settings.host, settings.metrics_port)
+    workers = [Worker(settings, client, registry=registry, metrics=metrics) for _ in range(settings.workers)]
     threads = [threading.Thread(target=w.run, name=f"worker-{i}", daemon=True) for i, w in enumerate(workers)]
     for thread in threads:
         thread.start()

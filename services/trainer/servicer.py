@@ -16,6 +16,7 @@ import grpc
 import torch
 from google.protobuf import json_format
 
+from common import tracing
 from common.errors import InvalidArgument
 from common.jobqueue import QUEUED, TERMINAL, Event, JobQueue, JobRecord
 from common.manifest import Manifest
@@ -26,6 +27,7 @@ from common.registry import Registry
 from common.settings import TrainerSettings
 from protos.zdm.v1 import common_pb2, trainer_pb2, trainer_pb2_grpc
 from services.trainer.dataset_check import check_dataset
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.optim import validate_group_lr
 from services.trainer.spec import DEFAULT_VAL_FRACTION, JobConfig, inspect_dataset, parse_job_spec
 from services.trainer.sweep import expand_sweep
@@ -93,10 +95,12 @@ def event_to_proto(job_id: str, event: Event) -> trainer_pb2.JobEvent:
 # -- the servicer --------------------------------------------------------------------------------
 
 class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
-    def __init__(self, settings: TrainerSettings, queue: JobQueue, registry: Registry) -> None:
+    def __init__(self, settings: TrainerSettings, queue: JobQueue, registry: Registry, *,
+                 metrics: TrainerMetrics | None = None) -> None:
         self.settings = settings
         self.queue = queue
         self.registry = registry
+        self.metrics = metrics if metrics is not None else TrainerMetrics()
 
     # -- jobs -------------------------------------------------------------------------------------
     def _validate(self, spec: dict[str, Any]) -> JobConfig:
@@ -137,15 +141,16 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             spec = json_format.MessageToDict(request.job, preserving_proto_field_name=True)
             report = self._check([self._validate(spec)])
             record, dedup = self.queue.submit(spec=spec, max_attempts=max_attempts,
-                                              idempotency_key=request.idempotency_key)
+                                              idempotency_key=request.idempotency_key, trace=tracing.current_context())
         else:
             sweep = json_format.MessageToDict(request.sweep, preserving_proto_field_name=True)
             children = expand_sweep(sweep)
             report = self._check([self._validate(child) for child in children])
             record, dedup = self.queue.submit(sweep=sweep, children=children, max_attempts=max_attempts,
-                                              idempotency_key=request.idempotency_key)
+                                              idempotency_key=request.idempotency_key, trace=tracing.current_context())
         if not dedup:
             self._record_report([record.job_id, *record.child_job_ids], report)
+            self.metrics.submitted.labels(kind).inc()
         log.info("job %s %s (%s)", record.job_id, "deduplicated" if dedup else "submitted", kind)
         response = trainer_pb2.SubmitJobResponse(job_id=record.job_id, deduplicated=dedup,
                                                  child_job_ids=record.child_job_ids)

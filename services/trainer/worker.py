@@ -33,6 +33,7 @@ from typing import Any
 import redis
 
 from common import log as log_context
+from common import tracing
 from common.errors import Cancelled, InvalidArgument, NotFound, ZdmError
 from common.grpc_server import stop_on_signals
 from common.jobqueue import (
@@ -51,9 +52,11 @@ from common.log import setup_logging
 from common.redis_conn import connect, require_url
 from common.registry import Registry
 from common.settings import TrainerSettings
+from common.telemetry import ServiceTelemetry
 from services.trainer import checkpoints
 from services.trainer.dataset_check import check_dataset
 from services.trainer.distributed import fit_distributed
+from services.trainer.metrics import TrainerMetrics
 from services.trainer.publish import publish
 from services.trainer.spec import parse_job_spec
 from services.trainer.sweep import on_child_finished
@@ -104,7 +107,8 @@ class _Heartbeat:
 
 class Worker:
     def __init__(self, settings: TrainerSettings, client: redis.Redis, *, registry: Registry | None = None,
-                 name: str = "", device: str | None = None, progress_interval: float = 0.5) -> None:
+                 name: str = "", device: str | None = None, progress_interval: float = 0.5,
+                 metrics: TrainerMetrics | None = None, tracer_provider: tracing.TracerProvider | None = None) -> None:
         self.settings = settings
         self.client = client
         self.prefix = settings.common.key_prefix
@@ -114,6 +118,8 @@ class Worker:
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.device = device
         self.progress_interval = progress_interval  # seconds between two progress events of a job
+        self.metrics = metrics if metrics is not None else TrainerMetrics()
+        self.tracer_provider = tracer_provider  # None: the process's (a no-op unless tracing is configured)
         self._stop = threading.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -184,6 +190,22 @@ class Worker:
             self._fail(claim, record, f"gave up after {record.attempt} attempt(s); last error: "
                                       f"{record.error or 'the worker running it was lost'}")
             return
+        # The span continues the trace of the SubmitJob call that created the job.
+        with tracing.job_span("zdm.trainer.job", record.trace, self.tracer_provider, **{
+                "zdm.job_id": job_id, "zdm.attempt": attempt, "zdm.parent_job_id": record.parent_job_id or None,
+                "messaging.system": "redis", "messaging.operation": "process"}):
+            self.metrics.running.inc()
+            started = time.monotonic()
+            outcome = "error"
+            try:
+                outcome = self._attempt(claim, record, attempt)
+            finally:
+                self.metrics.running.dec()
+                self.metrics.attempt_seconds.labels(outcome).observe(time.monotonic() - started)
+
+    def _attempt(self, claim: Claim, record: JobRecord, attempt: int) -> str:
+        """Run one attempt and settle it; returns its outcome (a final state, "retry", "handed_back", "lease_lost")."""
+        job_id = claim.job_id
         record = self.queue.update(job_id, state=RUNNING, attempt=attempt, worker=self.name,
                                    started_at=record.started_at or time.time(), error="")
         self._message(job_id, f"attempt {attempt}/{record.max_attempts} started on worker {self.name}"
@@ -198,17 +220,21 @@ class Worker:
                 error = exc
         if error is None:
             self._finish(claim, self.queue.get(job_id), SUCCEEDED, result=manifest_ref)
-        elif isinstance(error, LeaseLost):
+            return SUCCEEDED
+        if isinstance(error, LeaseLost):
             log.warning("job %s: lease lost, leaving it to its new holder", job_id)
-        elif isinstance(error, Interrupted):
+            return "lease_lost"
+        if isinstance(error, Interrupted):
             self._hand_back(claim, record, str(error))
-        elif isinstance(error, Cancelled):
+            return "handed_back"
+        if isinstance(error, Cancelled):
             self._finish(claim, self.queue.get(job_id), CANCELLED, error="cancelled")
-        elif isinstance(error, ZdmError) and not error.retryable:
+            return CANCELLED
+        if isinstance(error, ZdmError) and not error.retryable:
             self._fail(claim, self.queue.get(job_id), f"{type(error).__name__}: {error.message}")
-        else:
-            log.error("job %s attempt %d failed", job_id, attempt, exc_info=error)
-            self._retry_or_fail(claim, self.queue.get(job_id), f"{type(error).__name__}: {error}")
+            return FAILED
+        log.error("job %s attempt %d failed", job_id, attempt, exc_info=error)
+        return self._retry_or_fail(claim, self.queue.get(job_id), f"{type(error).__name__}: {error}")
 
     def _hooks(self, job_id: str, heartbeat: _Heartbeat) -> FitHooks:
         queue = self.queue
@@ -237,6 +263,7 @@ class Worker:
             queue.update(job_id, progress=data)
 
         def on_epoch(report: EpochReport) -> None:
+            self.metrics.epoch_seconds.observe(report.seconds)
             self._emit(job_id, "epoch", {
                 "epoch": report.epoch, "train": split_metrics("train", report.train),
                 "val": split_metrics("val", report.val), "learning_rate": report.learning_rate,
@@ -297,6 +324,7 @@ class Worker:
         self._emit(record.job_id, "finished", {"job": record.model_dump()}, state)
         self.queue.release(claim, self.name)
         checkpoints.remove(self.settings.checkpoint_dir, record.job_id)
+        self.metrics.finished.labels(state).inc()
         log.info("job %s %s%s", record.job_id, state, f": {error}" if error else "")
         self._close_sweep(record)
 
@@ -304,15 +332,17 @@ class Worker:
         self.queue.dead_letter(record.job_id, reason)
         self._finish(claim, record, FAILED, error=reason)
 
-    def _retry_or_fail(self, claim: Claim, record: JobRecord, reason: str) -> None:
+    def _retry_or_fail(self, claim: Claim, record: JobRecord, reason: str) -> str:
         if record.attempt >= record.max_attempts:
             self._fail(claim, record, f"failed after {record.attempt} attempt(s): {reason}")
-            return
+            return FAILED
         delay = self.settings.retry_backoff_seconds * 2 ** (record.attempt - 1)
         self.queue.update(record.job_id, state=RETRYING, error=reason, worker="")
         self._message(record.job_id, f"attempt {record.attempt} failed ({reason}); retrying in {delay:.1f}s",
                       RETRYING)
         self.queue.retry_later(claim, self.name, delay)
+        self.metrics.retried.inc()
+        return "retry"
 
     def _hand_back(self, claim: Claim, record: JobRecord, reason: str) -> None:
         """Requeue now for another worker; the interrupted attempt does not count."""
@@ -320,6 +350,7 @@ class Worker:
         self.queue.update(record.job_id, state=QUEUED, attempt=max(0, record.attempt - 1), worker="")
         self._message(record.job_id, f"{reason}: job handed back, it resumes from epoch {epoch}", QUEUED)
         self.queue.retry_later(claim, self.name, 0.0)
+        self.metrics.handed_back.inc()
 
     def _close_sweep(self, record: JobRecord) -> None:
         try:
@@ -338,9 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available)")
     args = parser.parse_args(argv)
     settings = TrainerSettings()
-    setup_logging("trainer-worker", settings.common.log_level)
+    setup_logging("trainer-worker", settings.common.log_level, settings.common.log_format)
+    tracing.setup_tracing("trainer-worker")
     url = settings.common.redis_url_with_password(require_url(settings.common.redis_url))
-    worker = Worker(settings, connect(url), name=args.name, device=args.device)
+    client = connect(url)
+    telemetry = ServiceTelemetry("trainer-worker")  # /metrics on ZDM_TRAINER_METRICS_PORT (one per process)
+    metrics = TrainerMetrics(telemetry.registry, JobQueue(client, settings.common.key_prefix))
+    telemetry.serve(settings.host, settings.metrics_port)
+    worker = Worker(settings, client, name=args.name, device=args.device, metrics=metrics)
     stop_on_signals(worker.request_stop, second_exits=True)  # the current batch finishes first
     worker.run(burst=args.burst)
     return 0

@@ -58,3 +58,19 @@ def test_health_not_serving_until_ready_and_reflection(server) -> None:
         replies = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in replies[0].list_services_response.service}
         assert {"zdm.v1.Trainer", "grpc.health.v1.Health"} <= names
+
+
+def test_request_id_comes_back_in_trailing_metadata(server) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = trainer_pb2_grpc.TrainerStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetJob(trainer_pb2.GetJobRequest(job_id="x"), metadata=[("x-request-id", "mine")])
+        assert dict(err.value.trailing_metadata())["x-request-id"] == "mine"
+        stream = stub.WatchJob(trainer_pb2.WatchJobRequest(job_id="j"))
+        with pytest.raises(grpc.RpcError):
+            list(stream)
+        generated = dict(stream.trailing_metadata())["x-request-id"]
+        assert len(generated) == 12
+        health = health_pb2_grpc.HealthStub(channel)  # a call that succeeds carries one too
+        _, call = health.Check.with_call(health_pb2.HealthCheckRequest())
+        assert dict(call.trailing_metadata())["x-request-id"] not in ("", generated)

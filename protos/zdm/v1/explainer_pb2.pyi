@@ -250,7 +250,7 @@ class ModelEvaluation(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., method: _Optional[str] = ..., layer: _Optional[str] = ..., threshold: _Optional[float] = ..., overall: _Optional[_Union[AggregateScores, _Mapping]] = ..., by_mask_size: _Optional[_Mapping[str, AggregateScores]] = ..., beats_baselines: _Optional[bool] = ..., region: _Optional[str] = ...) -> None: ...
 
 class DatasetSummary(_message.Message):
-    __slots__ = ("models", "whole_image_baseline", "centred_disc_baseline", "pointing_chance", "csv_path", "chart_paths", "table_markdown", "energy_chance", "pixel_auc_chance", "best_f1_chance")
+    __slots__ = ("models", "whole_image_baseline", "centred_disc_baseline", "pointing_chance", "csv_path", "chart_paths", "table_markdown", "energy_chance", "pixel_auc_chance", "best_f1_chance", "report_html_path")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     WHOLE_IMAGE_BASELINE_FIELD_NUMBER: _ClassVar[int]
     CENTRED_DISC_BASELINE_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +261,7 @@ class DatasetSummary(_message.Message):
     ENERGY_CHANCE_FIELD_NUMBER: _ClassVar[int]
     PIXEL_AUC_CHANCE_FIELD_NUMBER: _ClassVar[int]
     BEST_F1_CHANCE_FIELD_NUMBER: _ClassVar[int]
+    REPORT_HTML_PATH_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelEvaluation]
     whole_image_baseline: AggregateScores
     centred_disc_baseline: AggregateScores
@@ -271,7 +272,8 @@ class DatasetSummary(_message.Message):
     energy_chance: float
     pixel_auc_chance: float
     best_f1_chance: float
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelEvaluation, _Mapping]]] = ..., whole_image_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., centred_disc_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., pointing_chance: _Optional[float] = ..., csv_path: _Optional[str] = ..., chart_paths: _Optional[_Iterable[str]] = ..., table_markdown: _Optional[str] = ..., energy_chance: _Optional[float] = ..., pixel_auc_chance: _Optional[float] = ..., best_f1_chance: _Optional[float] = ...) -> None: ...
+    report_html_path: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelEvaluation, _Mapping]]] = ..., whole_image_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., centred_disc_baseline: _Optional[_Union[AggregateScores, _Mapping]] = ..., pointing_chance: _Optional[float] = ..., csv_path: _Optional[str] = ..., chart_paths: _Optional[_Iterable[str]] = ..., table_markdown: _Optional[str] = ..., energy_chance: _Optional[float] = ..., pixel_auc_chance: _Optional[float] = ..., best_f1_chance: _Optional[float] = ..., report_html_path: _Optional[str] = ...) -> None: ...
 
 class EvaluateDatasetEvent(_message.Message):
     __slots__ = ("progress", "summary")
