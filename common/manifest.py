@@ -72,6 +72,19 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     cosine_to_initial: float | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    # -- recipe preset, operating point, quality gate (issue 10) --
+    preset: str = ""  # the recipe preset the job started from; the resolved recipe is `recipe`
+    # The decision threshold chosen on validation with its goal, figures and ROC / PR points
+    # (services.trainer.operating_point); None for models published before it existed (0.5 then).
+    operating_point: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # services.trainer.gate.GateReport
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The threshold the trainer chose for this version (None: not recorded)."""
+        if not self.operating_point or "threshold" not in self.operating_point:
+            return None
+        return float(self.operating_point["threshold"])
 
     @property
     def defect_index(self) -> int:

@@ -219,7 +219,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         manifest = p.model.manifest
         probs = _softmax(out.logits)
         defect_p = float(probs[p.model.defect_index])
-        threshold = self._thresholds.get(manifest.name)
+        threshold = self._thresholds.get(manifest.name, manifest.decision_threshold)
         defective = defect_p >= threshold
         classes = manifest.classes
         now = time.time()
@@ -359,7 +359,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         manifest = model.manifest
         return classifier_pb2.ServedModel(
             info=manifest_to_info(manifest, self._registry.aliases_of(manifest.name, manifest.version)),
-            threshold=self._thresholds.get(manifest.name),
+            threshold=self._thresholds.get(manifest.name, manifest.decision_threshold),
             backend=model.backend.name,
             loaded_at=model.loaded_at,
         )

@@ -151,6 +151,7 @@ class PreparedData:
     fingerprint: str
     in_memory: bool
     counts: dict[str, int] = field(default_factory=dict)
+    class_counts: list[int] = field(default_factory=list)  # training split (after the val hold-out), per class
 
     def unreadable(self) -> int:
         sources = [self.train, self.val] + ([self.test] if self.test is not None else [])
@@ -197,4 +198,5 @@ def prepare_data(root: Path, *, image_size: int, batch_size: int, val_fraction: 
         classes=folder.classes, train=train, val=val, test=sources["test"], mean=mean, std=std,
         image_size=image_size, fingerprint=fingerprint, in_memory=in_memory,
         counts={name: len(samples) for name, samples in splits.items()},
+        class_counts=[sum(1 for s in train_samples if s.label == c) for c in range(len(folder.classes))],
     )

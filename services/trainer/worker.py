@@ -53,6 +53,7 @@ from common.registry import Registry
 from common.settings import TrainerSettings
 from services.trainer import checkpoints
 from services.trainer.distributed import fit_distributed
+from services.trainer.gate import evaluate_gate
 from services.trainer.publish import publish
 from services.trainer.spec import parse_job_spec
 from services.trainer.sweep import on_child_finished
@@ -70,6 +71,15 @@ class Interrupted(Exception):
 
 class LeaseLost(Exception):
     """Another worker holds the job now (this one stalled past its lease): stop without side effects."""
+
+
+class GateRejected(Exception):
+    """The model failed the quality gate and the job asked to fail: nothing published, FAILED with the figures."""
+
+    def __init__(self, reason: str, result: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
 
 
 def split_metrics(split: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +213,8 @@ class Worker:
             self._finish(claim, self.queue.get(job_id), SUCCEEDED, result=manifest_ref)
         elif isinstance(error, LeaseLost):
             log.warning("job %s: lease lost, leaving it to its new holder", job_id)
+        elif isinstance(error, GateRejected):  # a finished outcome, not an error to retry or dead-letter
+            self._finish(claim, self.queue.get(job_id), FAILED, error=error.reason, result=error.result)
         elif isinstance(error, Interrupted):
             self._hand_back(claim, record, str(error))
         elif isinstance(error, Cancelled):
@@ -263,16 +275,29 @@ class Worker:
         result = run(config, options, self._hooks(record.job_id, heartbeat))
         if heartbeat.lost.is_set() or not self.queue.heartbeat(claim, self.name):  # still ours?
             raise LeaseLost(record.job_id)
-        manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id)
-        self._message(record.job_id, f"{'published' if fresh else 'already published as'} "
-                                     f"{manifest.name} v{manifest.version}")
-        return {
-            "model": {"name": manifest.name, "version": manifest.version},
+        gate = evaluate_gate(config.gate, result.metrics["val@op"], result.operating_point)
+        point = result.operating_point
+        self._message(record.job_id, f"operating point ({point.get('goal')}): threshold {point.get('threshold', 0.5):.4f}, "
+                                     f"validation recall {point.get('recall', 0.0):.3f}, specificity "
+                                     f"{point.get('specificity', 0.0):.3f}")
+        outcome = {
             "metrics": [split_metrics(split, m) for split, m in result.metrics.items()],
             "epochs_run": result.epochs_run,
             "seconds": result.seconds,
             "cosine_to_initial": result.cosine_to_initial,
+            "operating_point": {k: v for k, v in point.items() if k != "curve"},
+            "preset": config.recipe.preset,
         }
+        if not gate.passed and gate.on_fail == "fail":
+            reason = f"quality gate failed: {gate.reason}; nothing was published and no alias moved"
+            self._message(record.job_id, reason)
+            raise GateRejected(reason, {**outcome, "gate": gate.as_dict()})
+        manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id, gate)
+        self._message(record.job_id, f"{'published' if fresh else 'already published as'} "
+                                     f"{manifest.name} v{manifest.version}"
+                                     + ("" if gate.passed else f" without aliases: quality gate failed: {gate.reason}")
+                                     + (f" ({gate.reason})" if gate.passed and gate.reason else ""))
+        return {"model": {"name": manifest.name, "version": manifest.version}, **outcome, "gate": gate.as_dict()}
 
     # -- endings --------------------------------------------------------------------------------
     def _finish(self, claim: Claim, record: JobRecord, state: str, *, error: str = "",
