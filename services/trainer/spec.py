@@ -287,9 +287,12 @@ def parse_recipe(data: Mapping[str, Any] | None, arch: ArchSpec, dataset: Datase
             image_size = arch.input_size
     if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
         raise InvalidArgument(f"recipe.image_size must be in [{MIN_IMAGE_SIZE}, {MAX_IMAGE_SIZE}], got {image_size}")
-    patience = data.get("early_stopping_patience")
-    patience = base["early_stopping_patience"] if patience is None else _int(data, "early_stopping_patience",
-                                                                             "recipe.early_stopping_patience")
+    if data.get("early_stopping_patience") is not None:
+        patience = _int(data, "early_stopping_patience", "recipe.early_stopping_patience")
+    elif base["early_stopping_patience"] is None:
+        patience = recipes.auto_patience(epochs)
+    else:
+        patience = base["early_stopping_patience"]
     devices = _int(data, "devices", "recipe.devices") or 1
     check_devices(devices)  # on the validating host's default device: GPUs there, else CPU processes
     loader_workers = _int(data, "loader_workers", "recipe.loader_workers")

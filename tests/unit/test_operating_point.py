@@ -92,7 +92,7 @@ def test_class_weights_only_for_uneven_classes() -> None:
 
 
 def test_auto_epochs_and_image_size_follow_the_data(tmp_path) -> None:
-    assert recipes.auto_epochs(6000) == 4 and recipes.auto_epochs(0) == 3
+    assert recipes.auto_epochs(6000) == 3 and recipes.auto_epochs(0) == 3
     assert recipes.auto_epochs(100) == 30 and recipes.auto_epochs(10**6) == 3
     big = generate_dataset(tmp_path / "big", train_per_class=4, test_per_class=1, size=400)
     choice = recipes.auto_image_size(discover(big).train, big, "def_front")

@@ -69,7 +69,7 @@ def test_default_preset_decides_from_the_data_and_takes_overrides(data_root) -> 
     config = parse_job_spec({"architecture": "resnet18", "dataset_path": "ds"}, [data_root])
     r = config.recipe
     assert r.preset == "default" and (r.lr, r.head_lr) == (2e-4, 1e-3) and r.schedule == "cosine"
-    assert r.augment and r.class_balance == "auto" and r.early_stopping_patience == 5
+    assert r.augment and r.class_balance == "auto" and r.early_stopping_patience == 10  # a third of 30 epochs
     # 14 training images: the images-seen budget asks for the most epochs; 32 px images: the smallest size
     assert r.epochs == 30 and r.image_size == 64 and "median short side 32" in r.decided_from_data["image_size"]
     assert 0.25 <= r.warmup_epochs <= 2.0
