@@ -34,7 +34,7 @@ from services.classifier.audit import AuditEntry, AuditLog
 from services.classifier.batcher import BatchOutput
 from services.classifier.metrics import ClassifierMetrics
 from services.classifier.model_store import LoadedModel, ModelStore
-from services.classifier.thresholds import ThresholdStore
+from services.classifier.thresholds import ThresholdStore, validate_threshold
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,11 @@ class _Pending:
     request_id: str
     line_id: str
     part_id: str
+    threshold: float | None = None  # the caller's, for this request only
+
+
+def _caller_threshold(request: classifier_pb2.ClassifyRequest | classifier_pb2.ClassifyBatchRequest) -> float | None:
+    return validate_threshold(request.threshold) if request.HasField("threshold") else None
 
 
 @dataclass(slots=True)
@@ -88,6 +93,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def Classify(self, request: classifier_pb2.ClassifyRequest, context: grpc.ServicerContext) -> classifier_pb2.Verdict:
         with self._observed("Classify"):
             started = time.perf_counter()
+            threshold = _caller_threshold(request)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
                 with model.batcher.reserve() as token:
@@ -95,7 +101,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                     future = model.batcher.submit(
                         tensor, deadline=_deadline(context), is_active=context.is_active, reservation=token
                     )
-                pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id)
+                pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id,
+                                   threshold)
                 return self._verdict(pending, _wait(future, context))
 
     def ClassifyBatch(
@@ -109,13 +116,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             part_ids = list(request.part_ids)
             if part_ids and len(part_ids) != len(images):
                 raise InvalidArgument(f"part_ids has {len(part_ids)} entries for {len(images)} images")
+            threshold = _caller_threshold(request)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
                 outputs = self._batch_outputs(model, images, context)
                 verdicts = []
                 for i, (sha, decode_ms, out) in enumerate(outputs):
                     part_id = part_ids[i] if part_ids else ""
-                    pending = _Pending(model, sha, decode_ms, started, "", request.line_id, part_id)
+                    pending = _Pending(model, sha, decode_ms, started, "", request.line_id, part_id, threshold)
                     verdicts.append(self._verdict(pending, out))
             return classifier_pb2.ClassifyBatchResponse(verdicts=verdicts)
 
@@ -219,7 +227,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         manifest = p.model.manifest
         probs = _softmax(out.logits)
         defect_p = float(probs[p.model.defect_index])
-        threshold = self._thresholds.get(manifest.name, manifest.decision_threshold)
+        threshold = p.threshold if p.threshold is not None else self._thresholds.get(manifest.name,
+                                                                                      manifest.decision_threshold)
         defective = defect_p >= threshold
         classes = manifest.classes
         now = time.time()
@@ -295,6 +304,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         started = time.perf_counter()
         ref = request.model
         try:
+            threshold = _caller_threshold(request)
             model = self._store.acquire(ref.name, ref.version, ref.alias)
         except ZdmError as exc:
             return self._item_failed(request.request_id, exc.code, exc.message, started)
@@ -312,7 +322,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             log.exception("ClassifyStream: item %r failed", request.request_id)
             return self._item_failed(request.request_id, grpc.StatusCode.INTERNAL, "internal error", started)
         future.add_done_callback(lambda _f: self._store.release(model))
-        pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id)
+        pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id, request.part_id,
+                           threshold)
         return pending, future
 
     def _stream_verdict(

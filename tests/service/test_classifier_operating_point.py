@@ -1,9 +1,10 @@
-"""The classifier decides at the operating point the trainer stored, unless SetThreshold overrides it."""
+"""The classifier decides at the operating point the trainer stored, unless SetThreshold or the caller overrides it."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -44,5 +45,17 @@ def test_stored_operating_point_decides_until_an_override(tmp_path: Path, redis_
         again = classify("tuned")
         assert again.threshold == pytest.approx(override) and not again.defective
         assert classify("legacy").threshold == pytest.approx(settings.default_threshold)
+
+        # the caller's threshold decides for its request only
+        mine = running.stub.Classify(cs.request(image, model=common_pb2.ModelRef(name="tuned"), threshold=0.0),
+                                     timeout=30)
+        assert mine.threshold == 0.0 and mine.defective
+        batch = running.stub.ClassifyBatch(classifier_pb2.ClassifyBatchRequest(
+            images=[common_pb2.Image(data=image)], model=common_pb2.ModelRef(name="tuned"), threshold=1.0), timeout=30)
+        assert batch.verdicts[0].threshold == 1.0
+        assert classify("tuned").threshold == pytest.approx(override)
+        with pytest.raises(grpc.RpcError) as err:
+            running.stub.Classify(cs.request(image, threshold=1.5), timeout=30)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "threshold" in err.value.details()
     finally:
         running.close()
