@@ -261,3 +261,26 @@ def test_precision_choices_on_cpu(data_root) -> None:
     result = fit(config)
     assert result.runtime == "cpu bf16" and math.isfinite(result.metrics["val"]["loss"])
     assert all(v.dtype == torch.float32 for v in result.state_dict().values() if v.is_floating_point())
+
+
+def test_uneven_classes_train_with_class_weights_and_report_the_operating_point(tmp_path) -> None:
+    from common.datasets.synthetic import Hardness
+    from services.trainer.publish import build_manifest
+
+    generate_dataset(tmp_path / "uneven", train_per_class=12, test_per_class=5, size=32,
+                     hardness=Hardness(defect_share=0.25))
+    spec = {"architecture": "test_resnet", "dataset_path": "uneven", "weights": {"kind": "WEIGHTS_KIND_RANDOM"},
+            "recipe": {"epochs": 1, "image_size": 32, "batch_size": 8, "val_fraction": 0.25}}
+    config = parse_job_spec(spec, [tmp_path])
+    result = fit(config)
+    assert result.class_counts == [4, 14] and result.class_weights == pytest.approx([18 / 8, 18 / 28])
+    assert {"train", "val", "val@op", "test", "test@0.5", "test@op"} <= set(result.metrics)
+    point = result.operating_point
+    assert point["goal"] == "recall" and point["recall"] >= 0.99 and point["curve"]
+    assert result.metrics["test@op"]["threshold"] == point["threshold"]
+    manifest = build_manifest(config, result, "job-1")
+    assert manifest.preset == "default" and manifest.decision_threshold == point["threshold"]
+    assert manifest.recipe["loss"] == "class_weighted_cross_entropy" and manifest.recipe["class_weights"]
+    plain = fit(parse_job_spec({**spec, "recipe": {**spec["recipe"], "class_balance": "CLASS_BALANCE_NONE"}},
+                               [tmp_path]))
+    assert plain.class_weights is None
