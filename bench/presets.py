@@ -8,7 +8,8 @@ defect recall and errors at the stored operating point, and the quality gate. Th
 JSON object.
 
 Usage:
-    python bench/presets.py                      # ~3-5 min on 2 shared cores
+    python bench/presets.py                      # ~5 min on 2 idle cores (far longer on a loaded machine)
+    python bench/presets.py --train 160 --test 100 --size 96 --thesis-image-size 96   # the run in docs/trainer.md
     python bench/presets.py --train 120 --test 60 --arch test_resnet --weights random   # a smoke run
 """
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="named", choices=("named", "random"))
     p.add_argument("--presets", default="thesis,default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--thesis-image-size", type=int, default=0,
+                   help="override the thesis preset's 224 px (0: keep it); isolates the recipe from the resolution")
     return p.parse_args(argv)
 
 
@@ -64,8 +67,10 @@ def run(args: argparse.Namespace) -> dict:
                else {"kind": "WEIGHTS_KIND_RANDOM"})
     rows = []
     for preset in [p.strip() for p in args.presets.split(",") if p.strip()]:
-        spec = {"architecture": args.arch, "dataset_path": "product", "weights": weights,
-                "recipe": {"preset": preset, "val_fraction": 0.25, "seed": args.seed}}
+        recipe = {"preset": preset, "val_fraction": 0.25, "seed": args.seed}
+        if preset == "thesis" and args.thesis_image_size:
+            recipe["image_size"] = args.thesis_image_size
+        spec = {"architecture": args.arch, "dataset_path": "product", "weights": weights, "recipe": recipe}
         config = parse_job_spec(spec, [work])
         start = time.perf_counter()
         result = fit(config, FitOptions(job_id=f"bench-{preset}", cache_dir=work / "cache"))
