@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", default="named", choices=("named", "random"))
     p.add_argument("--presets", default="thesis,default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (two OpenMP threads on a busy 2-core machine spin-wait: one is faster)")
     p.add_argument("--thesis-image-size", type=int, default=0,
                    help="override the thesis preset's 224 px (0: keep it); isolates the recipe from the resolution")
     return p.parse_args(argv)
@@ -58,6 +60,9 @@ def _defect_recall(metrics: dict, defect: str) -> float:
 
 
 def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="zdm-presets-"))
     hard = Hardness(defect_scale=args.defect_scale, defect_share=args.defect_share, aspect_range=(0.6, 1.7),
                     size_jitter=0.25)
@@ -94,7 +99,8 @@ def run(args: argparse.Namespace) -> dict:
         })
         print(json.dumps(rows[-1]), flush=True)
     return {"arch": args.arch, "weights": args.weights, "train": args.train, "test": args.test, "size": args.size,
-            "defect_share": args.defect_share, "defect_scale": args.defect_scale, "cpus": os.cpu_count(), "runs": rows}
+            "defect_share": args.defect_share, "defect_scale": args.defect_scale, "cpus": os.cpu_count(),
+            "threads": args.threads, "load_average_1m": round(os.getloadavg()[0], 2), "runs": rows}
 
 
 def main(argv: list[str] | None = None) -> int:
