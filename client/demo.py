@@ -100,6 +100,8 @@ def job_spec(cfg: DemoConfig, dataset: Path) -> trainer_pb2.JobSpec:
         recipe=trainer_pb2.Recipe(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, head_lr=cfg.head_lr,
                                   image_size=cfg.image_size, augment=True, seed=cfg.seed),
         publish_aliases=["production"],
+        # A demo model that fails the quality gate is still shown (by version), just not made production.
+        gate=trainer_pb2.QualityGateSpec(on_fail=trainer_pb2.GATE_ACTION_PUBLISH_WITHOUT_ALIASES),
     )
 
 
@@ -173,7 +175,10 @@ def run_demo(cfg: DemoConfig, endpoints: Endpoints, log: Callable[[str], None] =
             raise RuntimeError(f"job {job.job_id} ended {trainer_pb2.JobState.Name(job.state)}: {job.error}")
         train_seconds = time.monotonic() - started
         ref = model_ref(job.result.model.name, job.result.model.version)
-        log(f"published {ref.name} v{ref.version}; classifying the test split")
+        gate = job.result.gate
+        log(f"published {ref.name} v{ref.version}"
+            + ("" if gate.passed else f" without aliases (quality gate failed: {gate.reason})")
+            + f"; threshold {job.result.operating_point.threshold:.3f}; classifying the test split")
         accuracy, n_test, backend = classify_test_split(classifier, dataset, ref)
         out = cfg.workdir / "overlays"
         explained = explain_defects(explainer, dataset, masks, ref, cfg.explain_count, out)

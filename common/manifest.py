@@ -67,6 +67,13 @@ class ExportRecord(BaseModel):
     created_at: float = Field(default_factory=time.time)
 
 
+def defect_indices(classes: list[str], defect_class: str, ok_classes: list[str]) -> list[int]:
+    """Logit positions of the defect types: a part is defective when it is not of an ok class (without an
+    ok list, as in manifests from before several classes: every class but ``defect_class`` is ok)."""
+    ok = set(ok_classes) if ok_classes else set(classes) - {defect_class}
+    return [i for i, c in enumerate(classes) if c not in ok]
+
+
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     name: str
@@ -93,6 +100,19 @@ class Manifest(BaseModel):
     ok_classes: list[str] = Field(default_factory=list)
     dataset_check: dict[str, Any] = Field(default_factory=dict)  # the trainer's DatasetReport (proto3 JSON)
     exports: dict[str, ExportRecord] = Field(default_factory=dict)  # format -> files written by `zdm export`
+    # -- recipe preset, operating point, quality gate (issue 10) --
+    preset: str = ""  # the recipe preset the job started from; the resolved recipe is `recipe`
+    # The decision threshold chosen on validation with its goal, figures and ROC / PR points
+    # (services.trainer.operating_point); None for models published before it existed (0.5 then).
+    operating_point: dict[str, Any] | None = None
+    gate: dict[str, Any] | None = None  # services.trainer.gate.GateReport
+
+    @property
+    def decision_threshold(self) -> float | None:
+        """The threshold the trainer chose for this version (None: not recorded)."""
+        if not self.operating_point or "threshold" not in self.operating_point:
+            return None
+        return float(self.operating_point["threshold"])
 
     @property
     def defect_index(self) -> int:
@@ -100,6 +120,4 @@ class Manifest(BaseModel):
 
     @property
     def defect_indices(self) -> list[int]:
-        """Logit positions of the defect types: a part is defective when it is not of an ok class."""
-        ok = set(self.ok_classes) if self.ok_classes else set(self.classes) - {self.defect_class}
-        return [i for i, c in enumerate(self.classes) if c not in ok]
+        return defect_indices(self.classes, self.defect_class, self.ok_classes)

@@ -3,7 +3,10 @@
 `classification_metrics` returns a dict whose keys are the fields of the proto `SplitMetrics`
 (without `split`, which is the key the manifest stores it under). Divisions by zero give 0, as
 scikit-learn's `zero_division=0`; macro averages are the unweighted mean over every class, the
-weighted ones weight each class by its support (the thesis reports the weighted ones).
+weighted ones weight each class by its support (the thesis reports the weighted ones). Per-class
+precision / recall / F1 / support are in ``per_class``; ``balanced_accuracy`` is the mean recall over
+the classes present in the split (any always-one-class model scores 1 / classes, whatever the
+imbalance, which is why the trainer's quality gate reads it).
 """
 
 from __future__ import annotations
@@ -43,7 +46,8 @@ def classification_metrics(
     class_names: Sequence[str],
     loss: float | None = None,
 ) -> dict[str, Any]:
-    """Accuracy, weighted and macro precision / recall / F1, per-class metrics and the confusion matrix.
+    """Accuracy, balanced accuracy, weighted and macro precision / recall / F1, per-class metrics and the
+    confusion matrix.
 
     Args:
         y_true: true class indices into `class_names`.
@@ -66,6 +70,7 @@ def classification_metrics(
     return {
         "loss": None if loss is None else float(loss),
         "accuracy": float(tp.sum() / samples) if samples else 0.0,
+        "balanced_accuracy": float(recall[support > 0].mean()) if samples else 0.0,
         "precision_weighted": float((precision * weights).sum()),
         "recall_weighted": float((recall * weights).sum()),
         "f1_weighted": float((f1 * weights).sum()),

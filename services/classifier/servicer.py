@@ -35,7 +35,7 @@ from services.classifier.audit import AuditEntry, AuditLog
 from services.classifier.batcher import BatchOutput
 from services.classifier.metrics import ClassifierMetrics
 from services.classifier.model_store import LoadedModel, ModelStore
-from services.classifier.thresholds import ThresholdStore
+from services.classifier.thresholds import ThresholdStore, validate_threshold
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,11 @@ class _Pending:
     line_id: str
     part_id: str
     caller: str = ""  # the token's name (common.auth), captured on the request's thread
+    threshold: float | None = None  # the caller's, for this request only
+
+
+def _caller_threshold(request: classifier_pb2.ClassifyRequest | classifier_pb2.ClassifyBatchRequest) -> float | None:
+    return validate_threshold(request.threshold) if request.HasField("threshold") else None
 
 
 @dataclass(slots=True)
@@ -91,6 +96,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         with self._observed("Classify"):
             started = time.perf_counter()
             self._check_ids(request)
+            threshold = _caller_threshold(request)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
                 with model.batcher.reserve() as token:
@@ -99,7 +105,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                         tensor, deadline=_deadline(context), is_active=context.is_active, reservation=token
                     )
                 pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id,
-                                   request.part_id, caller())
+                                   request.part_id, caller(), threshold)
                 return self._verdict(pending, _wait(future, context))
 
     def ClassifyBatch(
@@ -121,9 +127,11 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 self._check_id_length(f"part_ids[{i}]", part_id)
             for i, image in enumerate(images):
                 self._check_id_length(f"images[{i}].name", image.name)
+            threshold = _caller_threshold(request)
             ref = request.model
             with self._store.lease(ref.name, ref.version, ref.alias) as model:
-                verdicts = self.classify_images(model, images, context, started, line_id=request.line_id, part_ids=part_ids)
+                verdicts = self.classify_images(model, images, context, started, line_id=request.line_id,
+                                              part_ids=part_ids, threshold=threshold)
             return classifier_pb2.ClassifyBatchResponse(verdicts=verdicts)
 
     # -- the verdict path for other front ends (services.classifier.inference_protocol) ------------
@@ -137,8 +145,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         line_id: str = "",
         part_ids: Sequence[str] = (),
         request_id: str = "",
+        threshold: float | None = None,
     ) -> list[classifier_pb2.Verdict]:
-        """Verdicts (audited) for encoded images, as ClassifyBatch computes them; BadImage names the index."""
+        """Verdicts (audited) for encoded images, as ClassifyBatch computes them; BadImage names the index.
+        ``threshold``: the caller's for this call, else the model's threshold in force."""
 
         def prepare(i: int) -> tuple[np.ndarray, str, float]:
             image = images[i]
@@ -148,7 +158,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
                 raise BadImage(f"images[{i}]: {exc.message}") from exc
 
         outputs = self._batch_outputs(model, len(images), prepare, context)
-        return self._verdicts(model, outputs, started, line_id, part_ids, request_id)
+        return self._verdicts(model, outputs, started, line_id, part_ids, request_id, threshold)
 
     def classify_tensors(
         self,
@@ -183,11 +193,12 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         line_id: str,
         part_ids: Sequence[str],
         request_id: str = "",
+        threshold: float | None = None,
     ) -> list[classifier_pb2.Verdict]:
         verdicts = []
         for i, (sha, decode_ms, out) in enumerate(outputs):
             part_id = part_ids[i] if part_ids else ""
-            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id, caller())
+            pending = _Pending(model, sha, decode_ms, started, request_id, line_id, part_id, caller(), threshold)
             verdicts.append(self._verdict(pending, out))
         return verdicts
 
@@ -293,7 +304,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         defects = p.model.defect_indices  # defective = not an ok class; binary: the one defect class
         defect_p = float(probs[defects].sum()) if len(defects) > 1 else float(probs[defects[0]])
         defect_type = manifest.classes[defects[int(np.argmax(probs[defects]))]]
-        threshold = self._thresholds.get(manifest.name)
+        threshold = p.threshold if p.threshold is not None else self._thresholds.get(manifest.name,
+                                                                                      manifest.decision_threshold)
         defective = defect_p >= threshold
         classes = manifest.classes
         now = time.time()
@@ -372,6 +384,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         ref = request.model
         try:
             self._check_ids(request)
+            threshold = _caller_threshold(request)
             model = self._store.acquire(ref.name, ref.version, ref.alias)
         except ZdmError as exc:
             echoed = request.request_id if len(request.request_id) <= self._settings.max_id_length else ""
@@ -391,7 +404,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             return self._item_failed(request.request_id, grpc.StatusCode.INTERNAL, "internal error", started)
         future.add_done_callback(lambda _f: self._store.release(model))
         pending = _Pending(model, sha, decode_ms, started, request.request_id, request.line_id,
-                           request.part_id, caller())
+                           request.part_id, caller(), threshold)
         return pending, future
 
     def _stream_verdict(
@@ -449,7 +462,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         manifest = model.manifest
         return classifier_pb2.ServedModel(
             info=manifest_to_info(manifest, self._registry.aliases_of(manifest.name, manifest.version)),
-            threshold=self._thresholds.get(manifest.name),
+            threshold=self._thresholds.get(manifest.name, manifest.decision_threshold),
             backend=model.backend.name,
             loaded_at=model.loaded_at,
         )

@@ -1,5 +1,9 @@
 """Decision thresholds per model name, persisted in Redis and shared by every classifier replica.
 
+Which threshold decides, in order: one set with ``SetThreshold`` for the model name (an operator's
+override, for every version); else the operating point the trainer chose on validation for the
+version (``Manifest.decision_threshold``); else the service default (0.5).
+
 Key: ``<prefix>:classifier:thresholds`` (hash model name -> threshold). Reads are cached per name
 for ``ttl_seconds``; a change made through one replica is seen by the others within that time (and
 at once by the replica that made it).
@@ -35,10 +39,19 @@ class ThresholdStore:
         self._key = thresholds_key(prefix)
         self._default = validate_threshold(default)
         self._ttl = ttl_seconds
-        self._cache: dict[str, tuple[float, float]] = {}  # name -> (value, fetched at)
+        self._cache: dict[str, tuple[float | None, float]] = {}  # name -> (override or None, fetched at)
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> float:
+    def get(self, name: str, model_default: float | None = None) -> float:
+        """The threshold in force: the override for ``name``, else ``model_default`` (the version's
+        operating point), else the service default."""
+        override = self.override(name)
+        if override is not None:
+            return override
+        return self._default if model_default is None else model_default
+
+    def override(self, name: str) -> float | None:
+        """The threshold set with SetThreshold for ``name``, or None."""
         cached = self._cache.get(name)
         now = time.monotonic()
         if cached is not None and now - cached[1] < self._ttl:
@@ -47,10 +60,10 @@ class ThresholdStore:
             raw = self._client.hget(self._key, name)
         except redis.RedisError as exc:
             if cached is not None:
-                log.warning("threshold of %r: Redis unreachable (%s); using the last value %.4g", name, exc, cached[0])
+                log.warning("threshold of %r: Redis unreachable (%s); using the last value %s", name, exc, cached[0])
                 return cached[0]
             raise Unavailable(f"cannot read the threshold of model {name!r}: Redis unreachable ({exc})") from exc
-        value = self._default if raw is None else float(raw)
+        value = None if raw is None else float(raw)
         with self._lock:
             self._cache[name] = (value, now)
         return value

@@ -153,6 +153,7 @@ class PreparedData:
     counts: dict[str, int] = field(default_factory=dict)
     # The test split without copies of train / val images (set only when some test images are such copies).
     test_dedup: BatchSource | None = None
+    class_counts: list[int] = field(default_factory=list)  # training split (after the val hold-out), per class
 
     def unreadable(self) -> int:
         sources = [self.train, self.val] + ([self.test] if self.test is not None else [])
@@ -215,4 +216,5 @@ def prepare_data(root: Path, *, image_size: int, batch_size: int, val_fraction: 
         image_size=image_size, fingerprint=fingerprint, in_memory=in_memory,
         counts={name: len(samples) for name, samples in splits.items() if samples or name != "test_dedup"},
         test_dedup=sources["test_dedup"],
+        class_counts=[sum(1 for s in train_samples if s.label == c) for c in range(len(folder.classes))],
     )

@@ -224,7 +224,8 @@ def _import_result(config: JobConfig, meta: dict[str, Any], folder: Path, second
         metrics=meta["metrics"], history=meta["history"], epochs_run=meta["epochs_run"], seconds=seconds,
         cosine_to_initial=meta["cosine_to_initial"], unreadable_images=meta["unreadable_images"],
         resumed_from_epoch=meta["resumed_from_epoch"], runtime=meta["runtime"],
-        extra={"devices": config.recipe.devices},
+        operating_point=meta.get("operating_point", {}), class_weights=meta.get("class_weights"),
+        class_counts=meta.get("class_counts", []), extra={"devices": config.recipe.devices},
     )
 
 

@@ -23,6 +23,7 @@ from common import model_events
 from common.manifest import FreezeSpec, Manifest, Preprocessing
 from common.models.zoo import ArchSpec
 from common.registry import Registry
+from services.trainer.gate import GateReport
 from services.trainer.spec import JobConfig
 from services.trainer.training import FitResult
 
@@ -32,10 +33,14 @@ TIMM_CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 
 
-def build_manifest(config: JobConfig, result: FitResult, job_id: str) -> Manifest:
+def build_manifest(config: JobConfig, result: FitResult, job_id: str, gate: GateReport | None = None) -> Manifest:
     recipe = config.recipe.model_dump()
     recipe.update({
-        "loss": "cross_entropy",
+        "loss": "cross_entropy" if result.class_weights is None else "class_weighted_cross_entropy",
+        "class_weights": result.class_weights,
+        "train_class_counts": result.class_counts,
+        "operating_point_spec": config.operating_point.model_dump(),
+        "gate_spec": config.gate.model_dump(),
         "optimizer": "adam",
         "weights": config.weights.model_dump(),
         "runtime": result.runtime,
@@ -65,6 +70,9 @@ def build_manifest(config: JobConfig, result: FitResult, job_id: str) -> Manifes
         labels=dict(config.labels),
         ok_classes=list(config.ok_classes),
         dataset_check=dict(result.extra.get("dataset_check", {})),
+        preset=config.recipe.preset,
+        operating_point=result.operating_point or None,
+        gate=None if gate is None else gate.as_dict(),
     )
 
 
@@ -90,19 +98,25 @@ def find_published(registry: Registry, name: str, job_id: str) -> Manifest | Non
 
 
 def publish(registry: Registry, client: redis.Redis | None, prefix: str, config: JobConfig, result: FitResult,
-            job_id: str) -> tuple[Manifest, bool]:
-    """Publish (or find the earlier publication of) a job's model; returns (manifest, newly_published)."""
+            job_id: str, gate: GateReport | None = None) -> tuple[Manifest, bool]:
+    """Publish (or find the earlier publication of) a job's model; returns (manifest, newly_published).
+
+    The job's aliases are pointed at the version only when ``gate`` is None or passed.
+    """
+    aliases = list(config.publish_aliases) if gate is None or gate.passed else []
+    if gate is not None:
+        gate.aliases_set = bool(aliases)
     existing = find_published(registry, config.model_name, job_id)
     if existing is not None:
         log.info("job %s was already published as %s v%d", job_id, existing.name, existing.version)
-        for alias in config.publish_aliases:
+        for alias in aliases:
             registry.set_alias(existing.name, alias, existing.version)
         return existing, False
     extra = {HISTORY_FILE: json.dumps(result.history).encode()}
     if result.arch.timm_name and hasattr(result.model, "pretrained_cfg"):
         extra[TIMM_CONFIG_FILE] = timm_config(result.model, result.arch, result.image_size, result.mean, result.std)
-    manifest = registry.publish(build_manifest(config, result, job_id), result.state_dict(), extra_files=extra,
-                                aliases=config.publish_aliases)
+    manifest = registry.publish(build_manifest(config, result, job_id, gate), result.state_dict(), extra_files=extra,
+                                aliases=aliases)
     log.info("published %s v%d (job %s)", manifest.name, manifest.version, job_id)
     if client is not None:
         model_events.announce(client, prefix, manifest.name, manifest.version)

@@ -151,7 +151,7 @@ class DistributedEpochRunner(EpochRunner):
                 x, y = self._to_device(x, y)
                 with self._autocast():
                     logits = self.ddp(x)
-                    summed = F.cross_entropy(logits.float(), y, reduction="sum")
+                    summed = F.cross_entropy(logits.float(), y, weight=self.loss_weight, reduction="sum")
                 self._step(summed * (world / total))
                 steps += 1
                 seen += int(y.shape[0])
@@ -188,7 +188,7 @@ class DistributedEpochRunner(EpochRunner):
                     continue
                 x, y = self._to_device(x, y)
                 logits = self.model(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum")
+                loss_sum += F.cross_entropy(logits, y, weight=self.loss_weight, reduction="sum")
                 confusion += self._confusion(y, logits.argmax(1))
         metrics, samples = self._reduced_metrics(loss_sum, confusion)
         if samples == 0:
@@ -293,7 +293,8 @@ def _export(result: FitResult, folder: Path) -> dict[str, Any]:
         "freeze": dataclasses.asdict(result.freeze), "metrics": result.metrics, "history": result.history,
         "epochs_run": result.epochs_run, "cosine_to_initial": result.cosine_to_initial,
         "unreadable_images": result.unreadable_images, "resumed_from_epoch": result.resumed_from_epoch,
-        "runtime": result.runtime,
+        "runtime": result.runtime, "operating_point": result.operating_point, "class_weights": result.class_weights,
+        "class_counts": result.class_counts,
     }
 
 

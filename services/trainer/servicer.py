@@ -53,6 +53,11 @@ def _parse(data: dict[str, Any], message: Any) -> Any:
 def _result_to_proto(result: dict[str, Any]) -> trainer_pb2.JobResult:
     data = dict(result)
     data["sweep"] = [{**row, "state": f"JOB_STATE_{row['state']}"} for row in data.get("sweep", [])]
+    if data.get("operating_point"):
+        point = data["operating_point"]
+        data["operating_point"] = {**point, "goal": f"THRESHOLD_GOAL_{str(point.get('goal', '')).upper()}"}
+    if data.get("gate"):
+        data["gate"] = {**data["gate"], "on_fail": f"GATE_ACTION_{str(data['gate'].get('on_fail', '')).upper()}"}
     return _parse(data, trainer_pb2.JobResult())
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.manifest import defect_indices as manifest_defect_indices
 from common.metrics import classification_metrics, cosine_similarity
 from common.models.freeze import FreezeReport, apply_freeze, train_mode
 from common.models.weights import load_initial_weights
@@ -36,7 +37,9 @@ from common.models.zoo import ArchSpec, build_model, get_spec
 from services.trainer import checkpoints
 from services.trainer.class_roles import resolve_defect_class
 from services.trainer.data import DEFAULT_IN_MEMORY_BYTES, BatchSource, PreparedData, prepare_data
+from services.trainer.operating_point import choose_operating_point, defect_score, metrics_at_threshold
 from services.trainer.optim import LrSchedule, build_optimizer
+from services.trainer.recipes import class_weights
 from services.trainer.runtime import Runtime, resolve_runtime
 from services.trainer.spec import JobConfig
 
@@ -127,6 +130,10 @@ class FitResult:
     unreadable_images: int
     resumed_from_epoch: int = 0
     runtime: str = ""
+    # The threshold chosen on validation (services.trainer.operating_point.OperatingPoint.as_dict()).
+    operating_point: dict[str, Any] = field(default_factory=dict)
+    class_weights: list[float] | None = None
+    class_counts: list[int] = field(default_factory=list)  # training split, per class
     extra: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -203,6 +210,11 @@ class EpochRunner:
         self.hooks = hooks or FitHooks()
         self.scaler = torch.amp.GradScaler(runtime.device.type) if runtime.grad_scaler else None
         self.batch_seconds: float | None = None  # running estimate for the ETA
+        self.loss_weight: torch.Tensor | None = None  # class weights of the cross-entropy (None: plain)
+
+    def set_class_weights(self, weights: list[float] | None) -> None:
+        self.loss_weight = None if weights is None else torch.tensor(weights, dtype=torch.float32,
+                                                                     device=self.rt.device)
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fmt = torch.channels_last if self.rt.channels_last else torch.contiguous_format
@@ -251,7 +263,7 @@ class EpochRunner:
             x, y = self._to_device(x, y)
             with self._autocast():
                 logits = self.model(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, weight=self.loss_weight)
             self._step(loss)
             n = y.shape[0]
             seen += n
@@ -277,11 +289,11 @@ class EpochRunner:
         return classification_metrics(torch.cat(labels).cpu().numpy(), torch.cat(preds).cpu().numpy(),
                                        self.classes, loss=float(loss_sum) / seen)
 
-    def evaluate(self, source: BatchSource) -> dict[str, Any]:
-        """Loss and metrics of a split with the current weights (eval mode, no gradients)."""
+    def predict(self, source: BatchSource) -> tuple[np.ndarray, np.ndarray, float]:
+        """(labels, softmax probabilities, mean loss) of a split with the current weights (eval mode)."""
         self.model.eval()
         loss_sum = torch.zeros((), device=self.rt.device)
-        preds: list[torch.Tensor] = []
+        probs: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
         check = self.hooks.check
         with torch.inference_mode(), self._autocast():
@@ -290,14 +302,18 @@ class EpochRunner:
                     check()
                 x, y = self._to_device(x, y)
                 logits = self.model(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum")
-                preds.append(logits.argmax(1))
+                loss_sum += F.cross_entropy(logits, y, weight=self.loss_weight, reduction="sum")
+                probs.append(logits.softmax(1))
                 labels.append(y)
         if not labels:
             raise RuntimeError("no readable image to evaluate")
         y_true = torch.cat(labels).cpu().numpy()
-        return classification_metrics(y_true, torch.cat(preds).cpu().numpy(), self.classes,
-                                      loss=float(loss_sum) / len(y_true))
+        return y_true, torch.cat(probs).cpu().numpy(), float(loss_sum) / len(y_true)
+
+    def evaluate(self, source: BatchSource) -> dict[str, Any]:
+        """Loss and metrics (arg-max decisions) of a split with the current weights."""
+        y_true, probs, loss = self.predict(source)
+        return classification_metrics(y_true, probs.argmax(1), self.classes, loss=loss)
 
 
 class Parallelism:
@@ -382,6 +398,8 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         hooks.on_start(StartInfo(freeze_report.trainable, freeze_report.total, data.unreadable(),
                                  parallel.describe(runtime), resumed_from, data.classes))
     runner = parallel.runner(model, optimizer, schedule, runtime, freeze_report, data.classes, hooks)
+    weights = class_weights(data.class_counts, recipe.class_balance)
+    runner.set_class_weights(weights)
     for epoch in range(start_epoch, recipe.epochs + 1):
         if stopper.stopped:
             break
@@ -411,10 +429,23 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         model.load_state_dict(stopper.best_state)
         chosen = next(h for h in history if h["epoch"] == stopper.best_epoch)
     metrics = {"train": chosen["train"], "val": chosen["val"]}
-    if data.test is not None:
-        metrics["test"] = runner.evaluate(data.test)
-    if data.test_dedup is not None:
-        metrics["test_dedup"] = runner.evaluate(data.test_dedup)
+    # The operating point: chosen on validation, reported on validation and test beside arg-max.
+    # (A multi-device job reads the main rank's share of the validation split here.)
+    # Several defect types: the score is the summed probability of the classes that are not ok.
+    defect_indices = manifest_defect_indices(data.classes, defect_class, config.ok_classes)
+    val_y, val_p, val_loss = runner.predict(data.val)
+    point = choose_operating_point(np.isin(val_y, defect_indices), defect_score(val_p, defect_indices),
+                                   config.operating_point)
+    metrics["val@op"] = metrics_at_threshold(val_y, val_p, data.classes, defect_indices, point.threshold, val_loss)
+    test_splits = {"test": data.test, "test_dedup": data.test_dedup}
+    for split, source in test_splits.items():
+        if source is None:
+            continue
+        test_y, test_p, test_loss = runner.predict(source)
+        metrics[split] = runner.evaluate(source)  # over every rank's share in a multi-device job
+        metrics[f"{split}@0.5"] = metrics_at_threshold(test_y, test_p, data.classes, defect_indices, 0.5, test_loss)
+        metrics[f"{split}@op"] = metrics_at_threshold(test_y, test_p, data.classes, defect_indices, point.threshold,
+                                                      test_loss)
     final = {name: p.detach() for name, p in model.named_parameters()}
     cosine, _compared, _skipped = cosine_similarity(initial, final)
     return FitResult(
@@ -422,5 +453,6 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         image_size=recipe.image_size, fingerprint=data.fingerprint, weights_source=weights_source,
         freeze=freeze_report, metrics=metrics, history=history, epochs_run=int(history[-1]["epoch"]),
         seconds=time.perf_counter() - started, cosine_to_initial=cosine, unreadable_images=data.unreadable(),
-        resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime),
+        resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime), operating_point=point.as_dict(),
+        class_weights=weights, class_counts=list(data.class_counts),
     )

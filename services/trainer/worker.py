@@ -56,6 +56,7 @@ from common.telemetry import ServiceTelemetry
 from services.trainer import checkpoints
 from services.trainer.dataset_check import check_dataset
 from services.trainer.distributed import fit_distributed
+from services.trainer.gate import evaluate_gate
 from services.trainer.metrics import TrainerMetrics
 from services.trainer.publish import publish
 from services.trainer.spec import parse_job_spec
@@ -70,6 +71,15 @@ class Interrupted(Exception):
 
 class LeaseLost(Exception):
     """Another worker holds the job now (this one stalled past its lease): stop without side effects."""
+
+
+class GateRejected(Exception):
+    """The model failed the quality gate and the job asked to fail: nothing published, FAILED with the figures."""
+
+    def __init__(self, reason: str, result: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.result = result
 
 
 def split_metrics(split: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -224,6 +234,9 @@ class Worker:
         if isinstance(error, LeaseLost):
             log.warning("job %s: lease lost, leaving it to its new holder", job_id)
             return "lease_lost"
+        if isinstance(error, GateRejected):  # a finished outcome, not an error to retry or dead-letter
+            self._finish(claim, self.queue.get(job_id), FAILED, error=error.reason, result=error.result)
+            return FAILED
         if isinstance(error, Interrupted):
             self._hand_back(claim, record, str(error))
             return "handed_back"
@@ -295,16 +308,29 @@ class Worker:
         result.extra["dataset_check"] = check.report
         if heartbeat.lost.is_set() or not self.queue.heartbeat(claim, self.name):  # still ours?
             raise LeaseLost(record.job_id)
-        manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id)
-        self._message(record.job_id, f"{'published' if fresh else 'already published as'} "
-                                     f"{manifest.name} v{manifest.version}")
-        return {
-            "model": {"name": manifest.name, "version": manifest.version},
+        gate = evaluate_gate(config.gate, result.metrics["val@op"], result.operating_point)
+        point = result.operating_point
+        self._message(record.job_id, f"operating point ({point.get('goal')}): threshold {point.get('threshold', 0.5):.4f}, "
+                                     f"validation recall {point.get('recall', 0.0):.3f}, specificity "
+                                     f"{point.get('specificity', 0.0):.3f}")
+        outcome = {
             "metrics": [split_metrics(split, m) for split, m in result.metrics.items()],
             "epochs_run": result.epochs_run,
             "seconds": result.seconds,
             "cosine_to_initial": result.cosine_to_initial,
+            "operating_point": {k: v for k, v in point.items() if k != "curve"},
+            "preset": config.recipe.preset,
         }
+        if not gate.passed and gate.on_fail == "fail":
+            reason = f"quality gate failed: {gate.reason}; nothing was published and no alias moved"
+            self._message(record.job_id, reason)
+            raise GateRejected(reason, {**outcome, "gate": gate.as_dict()})
+        manifest, fresh = publish(self.registry, self.client, self.prefix, config, result, record.job_id, gate)
+        self._message(record.job_id, f"{'published' if fresh else 'already published as'} "
+                                     f"{manifest.name} v{manifest.version}"
+                                     + ("" if gate.passed else f" without aliases: quality gate failed: {gate.reason}")
+                                     + (f" ({gate.reason})" if gate.passed and gate.reason else ""))
+        return {"model": {"name": manifest.name, "version": manifest.version}, **outcome, "gate": gate.as_dict()}
 
     def _record_check(self, record: JobRecord, report: dict[str, Any]) -> None:
         """Store the full check with the job; its findings the submit-time pass had not made become events."""

@@ -39,7 +39,7 @@ def test_job_trains_streams_publishes_and_serves_models(harness: Harness, tmp_pa
     dataset = make_dataset(h.settings)
     (dataset / "train" / "ok_front" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
     spec = job_spec(dataset, name="casting-m", epochs=2, augment=True, schedule=trainer_pb2.SCHEDULE_COSINE,
-                    warmup_epochs=0.5)
+                    warmup_epochs=0.5, gate=trainer_pb2.QualityGateSpec())
     spec.publish_aliases.append("staging")
     submitted = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=spec, idempotency_key="k-1"))
     again = h.stub.SubmitJob(trainer_pb2.SubmitJobRequest(job=spec, idempotency_key="k-1"))
@@ -72,7 +72,15 @@ def test_job_trains_streams_publishes_and_serves_models(harness: Harness, tmp_pa
     assert job.unreadable_images == 1
     assert job.attempt == 1 and job.result.epochs_run == 2
     assert 0 < job.trainable_params == job.total_params
-    assert {m.split for m in job.result.metrics} == {"train", "val", "test"}
+    metrics = {m.split: m for m in job.result.metrics}
+    assert set(metrics) == {"train", "val", "test", "val@op", "test@0.5", "test@op"}
+    assert all(len(m.per_class) == 2 and 0 <= m.balanced_accuracy <= 1 for m in metrics.values())
+    point = job.result.operating_point
+    assert point.goal == trainer_pb2.THRESHOLD_GOAL_RECALL and point.target_recall == pytest.approx(0.99)
+    assert 0 < point.threshold < 1 and point.recall >= 0.99 and point.goal_met
+    assert metrics["test@op"].threshold == pytest.approx(point.threshold) and metrics["test@0.5"].threshold == 0.5
+    assert job.result.gate.passed and job.result.gate.aliases_set and job.result.preset == "default"
+    assert job.result.gate.balanced_accuracy >= job.result.gate.required_balanced_accuracy == pytest.approx(0.75)
     assert 0.0 < job.result.cosine_to_initial < 1.0
     ref = job.result.model
     assert ref.name == "casting-m" and ref.version == 1
@@ -88,6 +96,9 @@ def test_job_trains_streams_publishes_and_serves_models(harness: Harness, tmp_pa
     manifest = json.loads(info.manifest_json)
     assert manifest["recipe"]["lr"] == pytest.approx(1e-3) and manifest["recipe"]["schedule"] == "cosine"
     assert manifest["cosine_to_initial"] == pytest.approx(job.result.cosine_to_initial)
+    assert manifest["preset"] == "default" and manifest["recipe"]["preset"] == "default"
+    assert manifest["operating_point"]["threshold"] == pytest.approx(point.threshold)
+    assert manifest["operating_point"]["curve"] and manifest["gate"]["passed"]
     listed = h.stub.ListModels(trainer_pb2.ListModelsRequest()).models
     assert [(m.name, m.version) for m in listed] == [("casting-m", 1)]
     aliased = h.stub.SetAlias(trainer_pb2.SetAliasRequest(name="casting-m", alias="production", version=1))

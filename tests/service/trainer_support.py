@@ -48,7 +48,9 @@ def make_dataset(settings: TrainerSettings, name: str = "ds", *, train_per_class
 
 
 def job_spec(dataset: Path, *, name: str = "m", epochs: int = 2, batch_size: int = 8, freeze: str = "unfrozen",
-             **recipe: object) -> trainer_pb2.JobSpec:
+             gate: trainer_pb2.QualityGateSpec | None = None, **recipe: object) -> trainer_pb2.JobSpec:
+    """A tiny job. The quality gate is off unless ``gate`` is given: a model of one or two epochs on a
+    few images tests the plumbing, not quality (tests/service/test_quality_gate.py tests the gate)."""
     modes = {"frozen": common_pb2.FREEZE_MODE_FROZEN, "partial": common_pb2.FREEZE_MODE_PARTIAL,
              "unfrozen": common_pb2.FREEZE_MODE_UNFROZEN}
     return trainer_pb2.JobSpec(
@@ -57,6 +59,7 @@ def job_spec(dataset: Path, *, name: str = "m", epochs: int = 2, batch_size: int
         freeze=common_pb2.FreezePolicy(mode=modes[freeze]),
         recipe=trainer_pb2.Recipe(epochs=epochs, batch_size=batch_size, image_size=IMAGE_SIZE, lr=1e-3,
                                   precision=trainer_pb2.PRECISION_FP32, **recipe),
+        gate=gate if gate is not None else trainer_pb2.QualityGateSpec(disabled=True),
     )
 
 

@@ -72,7 +72,8 @@ def test_empty_and_bad_inputs() -> None:
 
 def test_keys_are_the_proto_fields() -> None:
     m = classification_metrics(Y_TRUE, Y_PRED, NAMES, loss=0.5)
-    split_fields = {f.name for f in common_pb2.SplitMetrics.DESCRIPTOR.fields} - {"split"}
+    # "threshold" is added where decisions are made at a threshold (services.trainer.operating_point)
+    split_fields = {f.name for f in common_pb2.SplitMetrics.DESCRIPTOR.fields} - {"split", "threshold"}
     class_fields = {f.name for f in common_pb2.ClassMetrics.DESCRIPTOR.fields}
     assert set(m) == split_fields
     assert all(set(c) == class_fields for c in m["per_class"])
@@ -105,3 +106,12 @@ def test_cosine_identity_sign_zero_and_chunks(monkeypatch: pytest.MonkeyPatch) -
     assert whole[0] == pytest.approx(float(torch.nn.functional.cosine_similarity(flat_a, flat_b, dim=0)))
     with pytest.raises(InvalidArgument, match="share no"):
         cosine_similarity({"a": torch.ones(2)}, {"b": torch.ones(2)})
+
+
+def test_balanced_accuracy_is_chance_for_any_constant_model_however_uneven() -> None:
+    y_true = [0] * 5 + [1] * 95
+    always_ok = classification_metrics(y_true, [1] * 100, ["def", "ok"])
+    assert always_ok["accuracy"] == 0.95 and always_ok["balanced_accuracy"] == 0.5
+    assert always_ok["per_class"][0]["recall"] == 0.0 and always_ok["per_class"][1]["precision"] == 0.95
+    half = classification_metrics(y_true, [0, 0, 1, 1, 1] + [1] * 95, ["def", "ok"])
+    assert half["balanced_accuracy"] == 0.7  # (2/5 + 1) / 2

@@ -109,3 +109,35 @@ def test_regenerating_needs_overwrite_and_leaves_no_stale_files(tmp_path: Path) 
     assert len(list((root / "train" / "ok_front").glob("*.png"))) == 2
     assert len(list((root / "masks" / "train" / "def_front").glob("*.png"))) == 2
     assert (root / "notes.txt").read_text() == "kept"
+
+
+def test_hardness_gives_uneven_classes_varied_frames_small_defects_and_colour(tmp_path: Path) -> None:
+    from common.datasets.synthetic import Hardness
+
+    hard = Hardness(defect_scale=0.3, defect_share=0.05, aspect_range=(0.5, 2.0), size_jitter=0.3, channels=3)
+    root = generate_dataset(tmp_path / "hard", train_per_class=20, test_per_class=10, size=64, hardness=hard)
+    defects = sorted((root / "train" / "def_front").glob("*.png"))
+    assert len(defects) == 2 and len(list((root / "train" / "ok_front").glob("*.png"))) == 38
+    assert len(list((root / "test" / "def_front").glob("*.png"))) == 1
+    shapes = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED).shape for p in sorted(root.glob("train/ok_front/*.png"))]
+    assert all(len(s) == 3 and s[2] == 3 for s in shapes)
+    assert len({s[0] / s[1] for s in shapes}) > 10 and min(min(s[:2]) for s in shapes) < 64 < max(max(s[:2]) for s in shapes)
+    for image in defects:  # the mask matches its image's frame
+        mask = cv2.imread(str(root / "masks" / "train" / "def_front" / image.name), cv2.IMREAD_GRAYSCALE)
+        assert mask.shape == cv2.imread(str(image), cv2.IMREAD_UNCHANGED).shape[:2] and (mask > 0).any()
+    small_img, small_mask = render_part(_rng(3), 128, ("pit",), defect_scale=0.3)
+    _, usual_mask = render_part(_rng(3), 128, ("pit",))
+    assert 0 < small_mask.sum() < usual_mask.sum() / 3
+    with pytest.raises(ValueError, match="defect_share"):
+        Hardness(defect_share=1.0)
+
+
+def test_default_hardness_renders_what_it_always_did(tmp_path: Path) -> None:
+    """Datasets generated before Hardness existed are reproduced byte for byte (digest taken then)."""
+    import hashlib
+
+    root = generate_dataset(tmp_path / "a", train_per_class=2, test_per_class=1, size=32)
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.png")):
+        digest.update(path.read_bytes())
+    assert digest.hexdigest() == "cdf196352d39677986fcf5f9f440fd2e6bb9314043328f26f8b8d5bc83aa4edd"

@@ -47,17 +47,56 @@ def _spec(data_root, **changes) -> dict:
 
 # -- job specs -----------------------------------------------------------------------------------
 
-def test_spec_defaults_are_the_thesis_recipe(data_root) -> None:
-    config = parse_job_spec({"architecture": "resnet18", "dataset_path": "ds"}, [data_root])
+def test_thesis_preset_is_the_thesis_recipe(data_root) -> None:
+    config = parse_job_spec({"architecture": "resnet18", "dataset_path": "ds", "recipe": {"preset": "thesis"}},
+                            [data_root])
     r = config.recipe
     assert (r.lr, r.head_lr, r.weight_decay, r.epochs, r.batch_size, r.val_fraction) == (2e-5, 2e-5, 2.5e-4, 6, 32, 0.1)
-    assert r.image_size == 224 and r.schedule == "constant" and r.precision == "auto"
+    assert r.image_size == 224 and r.schedule == "constant" and r.precision == "auto" and r.preset == "thesis"
+    assert not r.augment and r.early_stopping_patience == 0 and r.class_balance == "none"
+    assert config.operating_point.goal == "fixed"
     assert config.model_name == "resnet18" and config.freeze.describe() == "unfrozen"
     assert config.dataset_path == str((data_root / "ds").resolve()) and config.defect_class == "def_front"
-    luna = parse_job_spec({"architecture": "luna", "dataset_path": "ds", "recipe": {"seed": "7"}}, [data_root])
+    luna = parse_job_spec({"architecture": "luna", "dataset_path": "ds", "recipe": {"seed": "7", "preset": "thesis"}},
+                          [data_root])
     assert luna.recipe.epochs == 50 and luna.recipe.image_size == 300 and luna.recipe.seed == 7
+    assert luna.recipe.lr == luna.recipe.head_lr == 2e-5
     fraction = parse_job_spec(_spec(data_root, freeze={"fraction": 0.5}), [data_root])
     assert fraction.freeze.fraction == 0.5
+
+
+def test_default_preset_decides_from_the_data_and_takes_overrides(data_root) -> None:
+    config = parse_job_spec({"architecture": "resnet18", "dataset_path": "ds"}, [data_root])
+    r = config.recipe
+    assert r.preset == "default" and (r.lr, r.head_lr) == (2e-4, 1e-3) and r.schedule == "cosine"
+    assert r.augment and r.class_balance == "auto" and r.early_stopping_patience == 10  # a third of 30 epochs
+    # 14 training images: the images-seen budget asks for the most epochs; 32 px images: the smallest size
+    assert r.epochs == 30 and r.image_size == 64 and "median short side 32" in r.decided_from_data["image_size"]
+    assert 0.25 <= r.warmup_epochs <= 2.0
+    assert config.operating_point.goal == "recall" and config.operating_point.target_recall == 0.99
+    assert config.gate.on_fail == "fail" and config.gate.min_balanced_accuracy_margin == 0.25
+    overridden = parse_job_spec({"architecture": "resnet18", "dataset_path": "ds", "recipe": {
+        "epochs": 2, "image_size": 48, "augment": False, "early_stopping_patience": 0, "warmup_epochs": 0,
+        "schedule": "SCHEDULE_CONSTANT", "class_balance": "CLASS_BALANCE_NONE"},
+        "operating_point": {"goal": "THRESHOLD_GOAL_COST", "cost_ratio": 5},
+        "gate": {"on_fail": "GATE_ACTION_PUBLISH_WITHOUT_ALIASES"}}, [data_root])
+    o = overridden.recipe
+    assert (o.epochs, o.image_size, o.augment, o.early_stopping_patience, o.warmup_epochs) == (2, 48, False, 0, 0.0)
+    assert o.schedule == "constant" and o.class_balance == "none" and o.decided_from_data == {}
+    assert overridden.operating_point.goal == "cost" and overridden.operating_point.cost_ratio == 5
+    assert overridden.gate.on_fail == "publish_without_aliases"
+    # a network trained from scratch: the backbone at the head's rate
+    luna = parse_job_spec({"architecture": "luna", "dataset_path": "ds"}, [data_root])
+    assert luna.recipe.lr == luna.recipe.head_lr == 1e-3
+
+
+def test_enum_words_come_from_the_proto_descriptors() -> None:
+    from protos.zdm.v1 import trainer_pb2
+    from services.trainer.spec import enum_words
+
+    words = enum_words(trainer_pb2.ThresholdGoal, "THRESHOLD_GOAL_")
+    assert words["THRESHOLD_GOAL_BALANCED_ACCURACY"] == "balanced_accuracy"
+    assert set(words) == set(trainer_pb2.ThresholdGoal.keys())
 
 
 @pytest.mark.parametrize(("changes", "error", "text"), [
@@ -76,6 +115,11 @@ def test_spec_defaults_are_the_thesis_recipe(data_root) -> None:
     ({"recipe": {"image_size": 4}}, InvalidArgument, "image_size"),
     ({"recipe": {"devices": 99}}, InvalidArgument, "recipe.devices=99"),
     ({"recipe": {"schedule": "SCHEDULE_SAWTOOTH"}}, InvalidArgument, "recipe.schedule"),
+    ({"recipe": {"preset": "fastest"}}, InvalidArgument, "valid: default, thesis"),
+    ({"recipe": {"class_balance": "CLASS_BALANCE_MAYBE"}}, InvalidArgument, "recipe.class_balance"),
+    ({"operating_point": {"target_recall": 1.5}}, InvalidArgument, "operating_point.target_recall"),
+    ({"operating_point": {"goal": 9}}, InvalidArgument, "operating_point.goal"),
+    ({"gate": {"min_balanced_accuracy_margin": 0.9}}, InvalidArgument, "gate.min_balanced_accuracy_margin"),
     ({"freeze": {"fraction": 1.5}}, InvalidArgument, "freeze.fraction"),
     ({"freeze": {"prefixes": {"prefixes": [""]}}}, InvalidArgument, "freeze.prefixes"),
     ({"model_name": "a/b"}, InvalidArgument, "model name"),
@@ -217,3 +261,26 @@ def test_precision_choices_on_cpu(data_root) -> None:
     result = fit(config)
     assert result.runtime == "cpu bf16" and math.isfinite(result.metrics["val"]["loss"])
     assert all(v.dtype == torch.float32 for v in result.state_dict().values() if v.is_floating_point())
+
+
+def test_uneven_classes_train_with_class_weights_and_report_the_operating_point(tmp_path) -> None:
+    from common.datasets.synthetic import Hardness
+    from services.trainer.publish import build_manifest
+
+    generate_dataset(tmp_path / "uneven", train_per_class=12, test_per_class=5, size=32,
+                     hardness=Hardness(defect_share=0.25))
+    spec = {"architecture": "test_resnet", "dataset_path": "uneven", "weights": {"kind": "WEIGHTS_KIND_RANDOM"},
+            "recipe": {"epochs": 1, "image_size": 32, "batch_size": 8, "val_fraction": 0.25}}
+    config = parse_job_spec(spec, [tmp_path])
+    result = fit(config)
+    assert result.class_counts == [4, 14] and result.class_weights == pytest.approx([18 / 8, 18 / 28])
+    assert {"train", "val", "val@op", "test", "test@0.5", "test@op"} <= set(result.metrics)
+    point = result.operating_point
+    assert point["goal"] == "recall" and point["recall"] >= 0.99 and point["curve"]
+    assert result.metrics["test@op"]["threshold"] == point["threshold"]
+    manifest = build_manifest(config, result, "job-1")
+    assert manifest.preset == "default" and manifest.decision_threshold == point["threshold"]
+    assert manifest.recipe["loss"] == "class_weighted_cross_entropy" and manifest.recipe["class_weights"]
+    plain = fit(parse_job_spec({**spec, "recipe": {**spec["recipe"], "class_balance": "CLASS_BALANCE_NONE"}},
+                               [tmp_path]))
+    assert plain.class_weights is None

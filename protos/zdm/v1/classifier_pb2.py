@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos.zdm.v1 import common_pb2 as protos_dot_zdm_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/zdm/v1/classifier.proto\x12\x06zdm.v1\x1a\x1aprotos/zdm/v1/common.proto\"\x86\x01\n\x0f\x43lassifyRequest\x12\x1c\n\x05image\x18\x01 \x01(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x0f\n\x07part_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\";\n\x10\x43lassProbability\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"U\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc8\x02\n\x07Verdict\x12/\n\rprobabilities\x18\x01 \x03(\x0b\x32\x18.zdm.v1.ClassProbability\x12\x17\n\x0fpredicted_class\x18\x02 \x01(\t\x12\x11\n\tdefective\x18\x03 \x01(\x08\x12\x1a\n\x12\x64\x65\x66\x65\x63t_probability\x18\x04 \x01(\x02\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x1f\n\x05model\x18\x06 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06timing\x18\x07 \x01(\x0b\x32\x0e.zdm.v1.Timing\x12\x14\n\x0cimage_sha256\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12 \n\x05\x65rror\x18\n \x01(\x0b\x32\x11.zdm.v1.ItemError\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x66\x65\x63t_type\x18( \x01(\t\"y\n\x14\x43lassifyBatchRequest\x12\x1d\n\x06images\x18\x01 \x03(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x10\n\x08part_ids\x18\x04 \x03(\t\":\n\x15\x43lassifyBatchResponse\x12!\n\x08verdicts\x18\x01 \x03(\x0b\x32\x0f.zdm.v1.Verdict\"6\n\x13GetModelInfoRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\"e\n\x0bServedModel\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.zdm.v1.ModelInfo\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x11\n\tloaded_at\x18\x04 \x01(\x01\"6\n\x13SetThresholdRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\",\n\nAuditQuery\x12\x0f\n\x07part_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xe0\x01\n\x0b\x41uditRecord\x12\x14\n\x0cimage_sha256\x18\x01 \x01(\t\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12/\n\rprobabilities\x18\x04 \x03(\x0b\x32\x18.zdm.v1.ClassProbability\x12\x11\n\tdefective\x18\x05 \x01(\x08\x12\x11\n\ttimestamp\x18\x06 \x01(\x01\x12\x0f\n\x07line_id\x18\x07 \x01(\t\x12\x0f\n\x07part_id\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\t \x01(\t\"5\n\rAuditResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.zdm.v1.AuditRecord2\x8d\x03\n\nClassifier\x12\x34\n\x08\x43lassify\x12\x17.zdm.v1.ClassifyRequest\x1a\x0f.zdm.v1.Verdict\x12L\n\rClassifyBatch\x12\x1c.zdm.v1.ClassifyBatchRequest\x1a\x1d.zdm.v1.ClassifyBatchResponse\x12>\n\x0e\x43lassifyStream\x12\x17.zdm.v1.ClassifyRequest\x1a\x0f.zdm.v1.Verdict(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1b.zdm.v1.GetModelInfoRequest\x1a\x13.zdm.v1.ServedModel\x12@\n\x0cSetThreshold\x12\x1b.zdm.v1.SetThresholdRequest\x1a\x13.zdm.v1.ServedModel\x12\x37\n\nQueryAudit\x12\x12.zdm.v1.AuditQuery\x1a\x15.zdm.v1.AuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1eprotos/zdm/v1/classifier.proto\x12\x06zdm.v1\x1a\x1aprotos/zdm/v1/common.proto\"\xac\x01\n\x0f\x43lassifyRequest\x12\x1c\n\x05image\x18\x01 \x01(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x0f\n\x07part_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x16\n\tthreshold\x18\x06 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_threshold\";\n\x10\x43lassProbability\x12\x12\n\nclass_name\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x02\"U\n\x06Timing\x12\x11\n\tdecode_ms\x18\x01 \x01(\x01\x12\x10\n\x08queue_ms\x18\x02 \x01(\x01\x12\x14\n\x0cinference_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc8\x02\n\x07Verdict\x12/\n\rprobabilities\x18\x01 \x03(\x0b\x32\x18.zdm.v1.ClassProbability\x12\x17\n\x0fpredicted_class\x18\x02 \x01(\t\x12\x11\n\tdefective\x18\x03 \x01(\x08\x12\x1a\n\x12\x64\x65\x66\x65\x63t_probability\x18\x04 \x01(\x02\x12\x11\n\tthreshold\x18\x05 \x01(\x02\x12\x1f\n\x05model\x18\x06 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x1e\n\x06timing\x18\x07 \x01(\x0b\x32\x0e.zdm.v1.Timing\x12\x14\n\x0cimage_sha256\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\x12 \n\x05\x65rror\x18\n \x01(\x0b\x32\x11.zdm.v1.ItemError\x12\x0f\n\x07\x62\x61\x63kend\x18\x0b \x01(\t\x12\x13\n\x0b\x64\x65\x66\x65\x63t_type\x18( \x01(\t\"\x9f\x01\n\x14\x43lassifyBatchRequest\x12\x1d\n\x06images\x18\x01 \x03(\x0b\x32\r.zdm.v1.Image\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x0f\n\x07line_id\x18\x03 \x01(\t\x12\x10\n\x08part_ids\x18\x04 \x03(\t\x12\x16\n\tthreshold\x18\x05 \x01(\x02H\x00\x88\x01\x01\x42\x0c\n\n_threshold\":\n\x15\x43lassifyBatchResponse\x12!\n\x08verdicts\x18\x01 \x03(\x0b\x32\x0f.zdm.v1.Verdict\"6\n\x13GetModelInfoRequest\x12\x1f\n\x05model\x18\x01 \x01(\x0b\x32\x10.zdm.v1.ModelRef\"e\n\x0bServedModel\x12\x1f\n\x04info\x18\x01 \x01(\x0b\x32\x11.zdm.v1.ModelInfo\x12\x11\n\tthreshold\x18\x02 \x01(\x02\x12\x0f\n\x07\x62\x61\x63kend\x18\x03 \x01(\t\x12\x11\n\tloaded_at\x18\x04 \x01(\x01\"6\n\x13SetThresholdRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tthreshold\x18\x02 \x01(\x02\",\n\nAuditQuery\x12\x0f\n\x07part_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\"\xe0\x01\n\x0b\x41uditRecord\x12\x14\n\x0cimage_sha256\x18\x01 \x01(\t\x12\x1f\n\x05model\x18\x02 \x01(\x0b\x32\x10.zdm.v1.ModelRef\x12\x11\n\tthreshold\x18\x03 \x01(\x02\x12/\n\rprobabilities\x18\x04 \x03(\x0b\x32\x18.zdm.v1.ClassProbability\x12\x11\n\tdefective\x18\x05 \x01(\x08\x12\x11\n\ttimestamp\x18\x06 \x01(\x01\x12\x0f\n\x07line_id\x18\x07 \x01(\t\x12\x0f\n\x07part_id\x18\x08 \x01(\t\x12\x0e\n\x06\x63\x61ller\x18\t \x01(\t\"5\n\rAuditResponse\x12$\n\x07records\x18\x01 \x03(\x0b\x32\x13.zdm.v1.AuditRecord2\x8d\x03\n\nClassifier\x12\x34\n\x08\x43lassify\x12\x17.zdm.v1.ClassifyRequest\x1a\x0f.zdm.v1.Verdict\x12L\n\rClassifyBatch\x12\x1c.zdm.v1.ClassifyBatchRequest\x1a\x1d.zdm.v1.ClassifyBatchResponse\x12>\n\x0e\x43lassifyStream\x12\x17.zdm.v1.ClassifyRequest\x1a\x0f.zdm.v1.Verdict(\x01\x30\x01\x12@\n\x0cGetModelInfo\x12\x1b.zdm.v1.GetModelInfoRequest\x1a\x13.zdm.v1.ServedModel\x12@\n\x0cSetThreshold\x12\x1b.zdm.v1.SetThresholdRequest\x1a\x13.zdm.v1.ServedModel\x12\x37\n\nQueryAudit\x12\x12.zdm.v1.AuditQuery\x1a\x15.zdm.v1.AuditResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,31 +33,31 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.zdm.v1.classifier_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CLASSIFYREQUEST']._serialized_start=71
-  _globals['_CLASSIFYREQUEST']._serialized_end=205
-  _globals['_CLASSPROBABILITY']._serialized_start=207
-  _globals['_CLASSPROBABILITY']._serialized_end=266
-  _globals['_TIMING']._serialized_start=268
-  _globals['_TIMING']._serialized_end=353
-  _globals['_ITEMERROR']._serialized_start=355
-  _globals['_ITEMERROR']._serialized_end=397
-  _globals['_VERDICT']._serialized_start=400
-  _globals['_VERDICT']._serialized_end=728
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=730
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=851
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=853
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=911
-  _globals['_GETMODELINFOREQUEST']._serialized_start=913
-  _globals['_GETMODELINFOREQUEST']._serialized_end=967
-  _globals['_SERVEDMODEL']._serialized_start=969
-  _globals['_SERVEDMODEL']._serialized_end=1070
-  _globals['_SETTHRESHOLDREQUEST']._serialized_start=1072
-  _globals['_SETTHRESHOLDREQUEST']._serialized_end=1126
-  _globals['_AUDITQUERY']._serialized_start=1128
-  _globals['_AUDITQUERY']._serialized_end=1172
-  _globals['_AUDITRECORD']._serialized_start=1175
-  _globals['_AUDITRECORD']._serialized_end=1399
-  _globals['_AUDITRESPONSE']._serialized_start=1401
-  _globals['_AUDITRESPONSE']._serialized_end=1454
-  _globals['_CLASSIFIER']._serialized_start=1457
-  _globals['_CLASSIFIER']._serialized_end=1854
+  _globals['_CLASSIFYREQUEST']._serialized_end=243
+  _globals['_CLASSPROBABILITY']._serialized_start=245
+  _globals['_CLASSPROBABILITY']._serialized_end=304
+  _globals['_TIMING']._serialized_start=306
+  _globals['_TIMING']._serialized_end=391
+  _globals['_ITEMERROR']._serialized_start=393
+  _globals['_ITEMERROR']._serialized_end=435
+  _globals['_VERDICT']._serialized_start=438
+  _globals['_VERDICT']._serialized_end=766
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=769
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=928
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=930
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=988
+  _globals['_GETMODELINFOREQUEST']._serialized_start=990
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1044
+  _globals['_SERVEDMODEL']._serialized_start=1046
+  _globals['_SERVEDMODEL']._serialized_end=1147
+  _globals['_SETTHRESHOLDREQUEST']._serialized_start=1149
+  _globals['_SETTHRESHOLDREQUEST']._serialized_end=1203
+  _globals['_AUDITQUERY']._serialized_start=1205
+  _globals['_AUDITQUERY']._serialized_end=1249
+  _globals['_AUDITRECORD']._serialized_start=1252
+  _globals['_AUDITRECORD']._serialized_end=1476
+  _globals['_AUDITRESPONSE']._serialized_start=1478
+  _globals['_AUDITRESPONSE']._serialized_end=1531
+  _globals['_CLASSIFIER']._serialized_start=1534
+  _globals['_CLASSIFIER']._serialized_end=1931
 # @@protoc_insertion_point(module_scope)

@@ -8,18 +8,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ClassifyRequest(_message.Message):
-    __slots__ = ("image", "model", "line_id", "part_id", "request_id")
+    __slots__ = ("image", "model", "line_id", "part_id", "request_id", "threshold")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PART_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     image: _common_pb2.Image
     model: _common_pb2.ModelRef
     line_id: str
     part_id: str
     request_id: str
-    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., line_id: _Optional[str] = ..., part_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    threshold: float
+    def __init__(self, image: _Optional[_Union[_common_pb2.Image, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., line_id: _Optional[str] = ..., part_id: _Optional[str] = ..., request_id: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class ClassProbability(_message.Message):
     __slots__ = ("class_name", "probability")
@@ -78,16 +80,18 @@ class Verdict(_message.Message):
     def __init__(self, probabilities: _Optional[_Iterable[_Union[ClassProbability, _Mapping]]] = ..., predicted_class: _Optional[str] = ..., defective: _Optional[bool] = ..., defect_probability: _Optional[float] = ..., threshold: _Optional[float] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., timing: _Optional[_Union[Timing, _Mapping]] = ..., image_sha256: _Optional[str] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., backend: _Optional[str] = ..., defect_type: _Optional[str] = ...) -> None: ...
 
 class ClassifyBatchRequest(_message.Message):
-    __slots__ = ("images", "model", "line_id", "part_ids")
+    __slots__ = ("images", "model", "line_id", "part_ids", "threshold")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LINE_ID_FIELD_NUMBER: _ClassVar[int]
     PART_IDS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]
     model: _common_pb2.ModelRef
     line_id: str
     part_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., line_id: _Optional[str] = ..., part_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    threshold: float
+    def __init__(self, images: _Optional[_Iterable[_Union[_common_pb2.Image, _Mapping]]] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., line_id: _Optional[str] = ..., part_ids: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class ClassifyBatchResponse(_message.Message):
     __slots__ = ("verdicts",)

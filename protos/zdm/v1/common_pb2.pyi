@@ -102,7 +102,7 @@ class ClassMetrics(_message.Message):
     def __init__(self, class_name: _Optional[str] = ..., precision: _Optional[float] = ..., recall: _Optional[float] = ..., f1: _Optional[float] = ..., support: _Optional[int] = ...) -> None: ...
 
 class SplitMetrics(_message.Message):
-    __slots__ = ("split", "loss", "accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion", "class_names", "samples")
+    __slots__ = ("split", "loss", "accuracy", "precision_weighted", "recall_weighted", "f1_weighted", "precision_macro", "recall_macro", "f1_macro", "per_class", "confusion", "class_names", "samples", "balanced_accuracy", "threshold")
     SPLIT_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     ACCURACY_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,8 @@ class SplitMetrics(_message.Message):
     CONFUSION_FIELD_NUMBER: _ClassVar[int]
     CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     split: str
     loss: float
     accuracy: float
@@ -129,7 +131,9 @@ class SplitMetrics(_message.Message):
     confusion: _containers.RepeatedScalarFieldContainer[int]
     class_names: _containers.RepeatedScalarFieldContainer[str]
     samples: int
-    def __init__(self, split: _Optional[str] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., precision_weighted: _Optional[float] = ..., recall_weighted: _Optional[float] = ..., f1_weighted: _Optional[float] = ..., precision_macro: _Optional[float] = ..., recall_macro: _Optional[float] = ..., f1_macro: _Optional[float] = ..., per_class: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., confusion: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ...) -> None: ...
+    balanced_accuracy: float
+    threshold: float
+    def __init__(self, split: _Optional[str] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., precision_weighted: _Optional[float] = ..., recall_weighted: _Optional[float] = ..., f1_weighted: _Optional[float] = ..., precision_macro: _Optional[float] = ..., recall_macro: _Optional[float] = ..., f1_macro: _Optional[float] = ..., per_class: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., confusion: _Optional[_Iterable[int]] = ..., class_names: _Optional[_Iterable[str]] = ..., samples: _Optional[int] = ..., balanced_accuracy: _Optional[float] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class Preprocessing(_message.Message):
     __slots__ = ("image_size", "mean", "std", "channels")

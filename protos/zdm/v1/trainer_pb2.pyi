@@ -29,6 +29,27 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_BF16: _ClassVar[Precision]
     PRECISION_FP16: _ClassVar[Precision]
 
+class ClassBalance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLASS_BALANCE_UNSPECIFIED: _ClassVar[ClassBalance]
+    CLASS_BALANCE_NONE: _ClassVar[ClassBalance]
+    CLASS_BALANCE_AUTO: _ClassVar[ClassBalance]
+    CLASS_BALANCE_WEIGHTED: _ClassVar[ClassBalance]
+
+class ThresholdGoal(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    THRESHOLD_GOAL_UNSPECIFIED: _ClassVar[ThresholdGoal]
+    THRESHOLD_GOAL_RECALL: _ClassVar[ThresholdGoal]
+    THRESHOLD_GOAL_BALANCED_ACCURACY: _ClassVar[ThresholdGoal]
+    THRESHOLD_GOAL_COST: _ClassVar[ThresholdGoal]
+    THRESHOLD_GOAL_FIXED: _ClassVar[ThresholdGoal]
+
+class GateAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    GATE_ACTION_UNSPECIFIED: _ClassVar[GateAction]
+    GATE_ACTION_FAIL: _ClassVar[GateAction]
+    GATE_ACTION_PUBLISH_WITHOUT_ALIASES: _ClassVar[GateAction]
+
 class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
@@ -50,6 +71,18 @@ PRECISION_AUTO: Precision
 PRECISION_FP32: Precision
 PRECISION_BF16: Precision
 PRECISION_FP16: Precision
+CLASS_BALANCE_UNSPECIFIED: ClassBalance
+CLASS_BALANCE_NONE: ClassBalance
+CLASS_BALANCE_AUTO: ClassBalance
+CLASS_BALANCE_WEIGHTED: ClassBalance
+THRESHOLD_GOAL_UNSPECIFIED: ThresholdGoal
+THRESHOLD_GOAL_RECALL: ThresholdGoal
+THRESHOLD_GOAL_BALANCED_ACCURACY: ThresholdGoal
+THRESHOLD_GOAL_COST: ThresholdGoal
+THRESHOLD_GOAL_FIXED: ThresholdGoal
+GATE_ACTION_UNSPECIFIED: GateAction
+GATE_ACTION_FAIL: GateAction
+GATE_ACTION_PUBLISH_WITHOUT_ALIASES: GateAction
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -76,7 +109,7 @@ class WeightsSource(_message.Message):
     def __init__(self, kind: _Optional[_Union[WeightsKind, str]] = ..., location: _Optional[str] = ..., key_map: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Recipe(_message.Message):
-    __slots__ = ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "group_lr", "schedule", "warmup_epochs", "early_stopping_patience", "image_size", "augment", "seed", "precision", "val_fraction", "devices", "loader_workers", "max_batches_per_epoch")
+    __slots__ = ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "group_lr", "schedule", "warmup_epochs", "early_stopping_patience", "image_size", "augment", "seed", "precision", "val_fraction", "devices", "loader_workers", "max_batches_per_epoch", "preset", "class_balance")
     class GroupLrEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +134,8 @@ class Recipe(_message.Message):
     DEVICES_FIELD_NUMBER: _ClassVar[int]
     LOADER_WORKERS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCHES_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    CLASS_BALANCE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     lr: float
@@ -118,10 +153,78 @@ class Recipe(_message.Message):
     devices: int
     loader_workers: int
     max_batches_per_epoch: int
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., head_lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., group_lr: _Optional[_Mapping[str, float]] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., warmup_epochs: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., image_size: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., val_fraction: _Optional[float] = ..., devices: _Optional[int] = ..., loader_workers: _Optional[int] = ..., max_batches_per_epoch: _Optional[int] = ...) -> None: ...
+    preset: str
+    class_balance: ClassBalance
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., lr: _Optional[float] = ..., head_lr: _Optional[float] = ..., weight_decay: _Optional[float] = ..., group_lr: _Optional[_Mapping[str, float]] = ..., schedule: _Optional[_Union[Schedule, str]] = ..., warmup_epochs: _Optional[float] = ..., early_stopping_patience: _Optional[int] = ..., image_size: _Optional[int] = ..., augment: _Optional[bool] = ..., seed: _Optional[int] = ..., precision: _Optional[_Union[Precision, str]] = ..., val_fraction: _Optional[float] = ..., devices: _Optional[int] = ..., loader_workers: _Optional[int] = ..., max_batches_per_epoch: _Optional[int] = ..., preset: _Optional[str] = ..., class_balance: _Optional[_Union[ClassBalance, str]] = ...) -> None: ...
+
+class OperatingPointSpec(_message.Message):
+    __slots__ = ("goal", "target_recall", "cost_ratio")
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    COST_RATIO_FIELD_NUMBER: _ClassVar[int]
+    goal: ThresholdGoal
+    target_recall: float
+    cost_ratio: float
+    def __init__(self, goal: _Optional[_Union[ThresholdGoal, str]] = ..., target_recall: _Optional[float] = ..., cost_ratio: _Optional[float] = ...) -> None: ...
+
+class QualityGateSpec(_message.Message):
+    __slots__ = ("on_fail", "min_balanced_accuracy_margin", "disabled")
+    ON_FAIL_FIELD_NUMBER: _ClassVar[int]
+    MIN_BALANCED_ACCURACY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    DISABLED_FIELD_NUMBER: _ClassVar[int]
+    on_fail: GateAction
+    min_balanced_accuracy_margin: float
+    disabled: bool
+    def __init__(self, on_fail: _Optional[_Union[GateAction, str]] = ..., min_balanced_accuracy_margin: _Optional[float] = ..., disabled: _Optional[bool] = ...) -> None: ...
+
+class OperatingPoint(_message.Message):
+    __slots__ = ("threshold", "goal", "target_recall", "cost_ratio", "recall", "specificity", "precision", "balanced_accuracy", "goal_met", "roc_auc")
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    GOAL_FIELD_NUMBER: _ClassVar[int]
+    TARGET_RECALL_FIELD_NUMBER: _ClassVar[int]
+    COST_RATIO_FIELD_NUMBER: _ClassVar[int]
+    RECALL_FIELD_NUMBER: _ClassVar[int]
+    SPECIFICITY_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    GOAL_MET_FIELD_NUMBER: _ClassVar[int]
+    ROC_AUC_FIELD_NUMBER: _ClassVar[int]
+    threshold: float
+    goal: ThresholdGoal
+    target_recall: float
+    cost_ratio: float
+    recall: float
+    specificity: float
+    precision: float
+    balanced_accuracy: float
+    goal_met: bool
+    roc_auc: float
+    def __init__(self, threshold: _Optional[float] = ..., goal: _Optional[_Union[ThresholdGoal, str]] = ..., target_recall: _Optional[float] = ..., cost_ratio: _Optional[float] = ..., recall: _Optional[float] = ..., specificity: _Optional[float] = ..., precision: _Optional[float] = ..., balanced_accuracy: _Optional[float] = ..., goal_met: _Optional[bool] = ..., roc_auc: _Optional[float] = ...) -> None: ...
+
+class GateReport(_message.Message):
+    __slots__ = ("passed", "reason", "balanced_accuracy", "required_balanced_accuracy", "majority_accuracy", "accuracy", "recall_goal_met", "on_fail", "aliases_set")
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_BALANCED_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    MAJORITY_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    RECALL_GOAL_MET_FIELD_NUMBER: _ClassVar[int]
+    ON_FAIL_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_SET_FIELD_NUMBER: _ClassVar[int]
+    passed: bool
+    reason: str
+    balanced_accuracy: float
+    required_balanced_accuracy: float
+    majority_accuracy: float
+    accuracy: float
+    recall_goal_met: bool
+    on_fail: GateAction
+    aliases_set: bool
+    def __init__(self, passed: _Optional[bool] = ..., reason: _Optional[str] = ..., balanced_accuracy: _Optional[float] = ..., required_balanced_accuracy: _Optional[float] = ..., majority_accuracy: _Optional[float] = ..., accuracy: _Optional[float] = ..., recall_goal_met: _Optional[bool] = ..., on_fail: _Optional[_Union[GateAction, str]] = ..., aliases_set: _Optional[bool] = ...) -> None: ...
 
 class JobSpec(_message.Message):
-    __slots__ = ("model_name", "architecture", "weights", "dataset_path", "freeze", "recipe", "publish_aliases", "defect_class", "labels", "drop_test_duplicates", "ok_classes")
+    __slots__ = ("model_name", "architecture", "weights", "dataset_path", "freeze", "recipe", "publish_aliases", "defect_class", "labels", "operating_point", "gate", "drop_test_duplicates", "ok_classes")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -138,6 +241,8 @@ class JobSpec(_message.Message):
     PUBLISH_ALIASES_FIELD_NUMBER: _ClassVar[int]
     DEFECT_CLASS_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
     DROP_TEST_DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     OK_CLASSES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
@@ -149,9 +254,11 @@ class JobSpec(_message.Message):
     publish_aliases: _containers.RepeatedScalarFieldContainer[str]
     defect_class: str
     labels: _containers.ScalarMap[str, str]
+    operating_point: OperatingPointSpec
+    gate: QualityGateSpec
     drop_test_duplicates: bool
     ok_classes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[WeightsSource, _Mapping]] = ..., dataset_path: _Optional[str] = ..., freeze: _Optional[_Union[_common_pb2.FreezePolicy, _Mapping]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., publish_aliases: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., drop_test_duplicates: _Optional[bool] = ..., ok_classes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, model_name: _Optional[str] = ..., architecture: _Optional[str] = ..., weights: _Optional[_Union[WeightsSource, _Mapping]] = ..., dataset_path: _Optional[str] = ..., freeze: _Optional[_Union[_common_pb2.FreezePolicy, _Mapping]] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., publish_aliases: _Optional[_Iterable[str]] = ..., defect_class: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., operating_point: _Optional[_Union[OperatingPointSpec, _Mapping]] = ..., gate: _Optional[_Union[QualityGateSpec, _Mapping]] = ..., drop_test_duplicates: _Optional[bool] = ..., ok_classes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SweepArm(_message.Message):
     __slots__ = ("freeze", "lr", "head_lr", "label")
@@ -252,20 +359,26 @@ class SweepRow(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., architecture: _Optional[str] = ..., arm: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.SplitMetrics, _Mapping]]] = ..., trainable_params: _Optional[int] = ..., model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., cosine_to_initial: _Optional[float] = ...) -> None: ...
 
 class JobResult(_message.Message):
-    __slots__ = ("model", "metrics", "epochs_run", "seconds", "cosine_to_initial", "sweep")
+    __slots__ = ("model", "metrics", "epochs_run", "seconds", "cosine_to_initial", "sweep", "operating_point", "gate", "preset")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_RUN_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     COSINE_TO_INITIAL_FIELD_NUMBER: _ClassVar[int]
     SWEEP_FIELD_NUMBER: _ClassVar[int]
+    OPERATING_POINT_FIELD_NUMBER: _ClassVar[int]
+    GATE_FIELD_NUMBER: _ClassVar[int]
+    PRESET_FIELD_NUMBER: _ClassVar[int]
     model: _common_pb2.ModelRef
     metrics: _containers.RepeatedCompositeFieldContainer[_common_pb2.SplitMetrics]
     epochs_run: int
     seconds: float
     cosine_to_initial: float
     sweep: _containers.RepeatedCompositeFieldContainer[SweepRow]
-    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.SplitMetrics, _Mapping]]] = ..., epochs_run: _Optional[int] = ..., seconds: _Optional[float] = ..., cosine_to_initial: _Optional[float] = ..., sweep: _Optional[_Iterable[_Union[SweepRow, _Mapping]]] = ...) -> None: ...
+    operating_point: OperatingPoint
+    gate: GateReport
+    preset: str
+    def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., metrics: _Optional[_Iterable[_Union[_common_pb2.SplitMetrics, _Mapping]]] = ..., epochs_run: _Optional[int] = ..., seconds: _Optional[float] = ..., cosine_to_initial: _Optional[float] = ..., sweep: _Optional[_Iterable[_Union[SweepRow, _Mapping]]] = ..., operating_point: _Optional[_Union[OperatingPoint, _Mapping]] = ..., gate: _Optional[_Union[GateReport, _Mapping]] = ..., preset: _Optional[str] = ...) -> None: ...
 
 class Job(_message.Message):
     __slots__ = ("job_id", "state", "spec", "sweep", "attempt", "max_attempts", "worker", "created_at", "started_at", "finished_at", "error", "progress", "result", "trainable_params", "total_params", "unreadable_images", "parent_job_id", "child_job_ids", "checkpoint_epoch", "dataset_report")
