@@ -50,6 +50,17 @@ class FreezeSpec(BaseModel):
         return "unfrozen"
 
 
+class VerificationInfo(BaseModel):
+    """The verification set published beside the weights (format: common.verification)."""
+
+    file: str
+    sha256: str
+    count: int
+    class_counts: dict[str, int] = Field(default_factory=dict)
+    source: str = "val"  # the split the images come from
+    reference: str = "torch-cpu-fp32"  # what computed the stored probabilities
+
+
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     name: str
@@ -72,6 +83,7 @@ class Manifest(BaseModel):
     created_at: float = Field(default_factory=time.time)
     cosine_to_initial: float | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+    verification: VerificationInfo | None = None  # None in versions published before verification sets
 
     @property
     def defect_index(self) -> int:

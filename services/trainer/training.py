@@ -33,11 +33,13 @@ from common.metrics import classification_metrics, cosine_similarity
 from common.models.freeze import FreezeReport, apply_freeze, train_mode
 from common.models.weights import load_initial_weights
 from common.models.zoo import ArchSpec, build_model, get_spec
+from common.verification import VerificationSet
 from services.trainer import checkpoints
 from services.trainer.data import DEFAULT_IN_MEMORY_BYTES, BatchSource, PreparedData, prepare_data
 from services.trainer.optim import LrSchedule, build_optimizer
 from services.trainer.runtime import Runtime, resolve_runtime
 from services.trainer.spec import JobConfig, resolve_defect_class
+from services.trainer.verification import build_verification_set
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,7 @@ class FitResult:
     resumed_from_epoch: int = 0
     runtime: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    verification: VerificationSet | None = None  # published beside the weights (common.verification)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
@@ -410,6 +413,8 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
     metrics = {"train": chosen["train"], "val": chosen["val"]}
     if data.test is not None:
         metrics["test"] = runner.evaluate(data.test)
+    verification = build_verification_set(model, data.val, data.mean, data.std, len(data.classes)) \
+        if parallel.is_main else None
     final = {name: p.detach() for name, p in model.named_parameters()}
     cosine, _compared, _skipped = cosine_similarity(initial, final)
     return FitResult(
@@ -417,5 +422,5 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         image_size=recipe.image_size, fingerprint=data.fingerprint, weights_source=weights_source,
         freeze=freeze_report, metrics=metrics, history=history, epochs_run=int(history[-1]["epoch"]),
         seconds=time.perf_counter() - started, cosine_to_initial=cosine, unreadable_images=data.unreadable(),
-        resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime),
+        resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime), verification=verification,
     )
