@@ -164,7 +164,7 @@ class NoiseVerifier:
     checks_reference = False
     method = "random inputs only (this version has no verification set)"
     identity = None
-    images = 4
+    images = 0  # verification images: none (4 random inputs)
     threshold = 0.0
 
     def __init__(self, model: nn.Module, image_size: int) -> None:
