@@ -492,7 +492,8 @@ def _ladder(
             return TorchBackend(model, image_size, device=dev, autocast=autocast), None
 
         cuda = torch.device(dev).type == "cuda"
-        name = TORCH_CPU if not cuda else ("torch-cuda-amp" if autocast else "torch-cuda-fp32")
+        amp = "bf16" if cuda and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp16"
+        name = TORCH_CPU if not cuda else f"torch-cuda-{amp if autocast else 'fp32'}"  # = TorchBackend.name
         return _Candidate(name, f"torch-{dev}", cuda and autocast, build, reference=not cuda)
 
     if kind == "torch" and not device.startswith("cuda"):

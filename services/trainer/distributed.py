@@ -60,6 +60,7 @@ from common.errors import (
 )
 from common.models.freeze import FreezeReport
 from common.models.zoo import build_model, get_spec
+from common.verification import VERIFICATION_FILE, VerificationSet
 from services.trainer.ranks import RESULT_WEIGHTS, RankSpec, rank_main
 from services.trainer.runtime import check_devices, default_device
 from services.trainer.spec import JobConfig
@@ -234,6 +235,8 @@ def _import_result(config: JobConfig, meta: dict[str, Any], folder: Path, second
         cosine_to_initial=meta["cosine_to_initial"], unreadable_images=meta["unreadable_images"],
         resumed_from_epoch=meta["resumed_from_epoch"], runtime=meta["runtime"],
         extra={"devices": config.recipe.devices},
+        verification=VerificationSet.from_bytes(vfile.read_bytes()) if (vfile := folder / VERIFICATION_FILE).is_file()
+        else None,
     )
 
 
