@@ -382,7 +382,7 @@ def create_backend(
         threshold=verifier.threshold if verifier is not None else 0.0,
         tolerance=verifier.tolerance if verifier is not None else 0.0,
     )
-    broken: dict[str, str] = {}  # family -> why its conversion failed
+    broken: dict[str, str] = {}  # family -> why its shared conversion failed
     for i, candidate in enumerate(ladder):
         after = ladder[i + 1].name if i + 1 < len(ladder) else None
         if candidate.family in broken:
@@ -394,7 +394,8 @@ def create_backend(
             if (kind != "auto" and i == 0) or after is None:
                 raise
             detail = f"{type(e).__name__}: {e}"
-            broken[candidate.family] = detail
+            if isinstance(e, ExportError):  # the shared conversion failed; other errors are this candidate's own
+                broken[candidate.family] = detail
             report.outcomes.append(Outcome(candidate.name, False, REASON_BUILD, detail))
             logger.warning("backend %s unavailable, falling back to %s: %s", candidate.name, after, detail)
             continue
