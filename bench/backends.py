@@ -1,6 +1,14 @@
 """Micro-benchmark of the classifier's inference backends (model only, then with concurrent decoding).
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.backends [--model resnet18] [--size 224] [--seconds 2]
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.backends --registry DIR --name MODEL [--dataset DIR]
+
+With ``--registry``: throughput at zero verdict flips. For a published version with a verification
+set, each backend configuration (torch fp32, OpenVINO f32 / bf16 / ACCURACY mode / THROUGHPUT, ONNX
+Runtime, OpenVINO INT8 calibrated with NNCF on training images, with and without the first and last
+layers kept in f32) is run on the set: verdict flips vs torch fp32, max |dp|, whether the classifier's
+verification would accept it, and img/s at batch 1 and 32; with ``--dataset`` also the flips on the
+test split's images. The last lines name the fastest configuration that passes.
 
 Part 1 times ``Backend.infer`` alone at batch 1 and 32 for torch fp32, OpenVINO bf16 / f32 (1 and all
 inference threads) and ONNX Runtime. Part 2 runs a small pipeline like the service's: decode threads
@@ -157,12 +165,23 @@ def decode_only(jpegs: list[bytes], size: int, decoders: int, seconds: float) ->
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--registry", type=Path, help="a model registry: benchmark its version's verified backends")
+    ap.add_argument("--name", help="model name in --registry")
+    ap.add_argument("--version", type=int, default=0, help="0: the newest")
+    ap.add_argument("--dataset", type=Path, help="ImageFolder root: INT8 calibration (train/) and test flips (test/)")
+    ap.add_argument("--test-images", type=int, default=400, help="test images compared (0: none)")
+    ap.add_argument("--calibration-images", type=int, default=200)
     ap.add_argument("--model", default="resnet18")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--seconds", type=float, default=1.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-pipeline", action="store_true")
     args = ap.parse_args()
+    if args.registry is not None:
+        from bench.verified_backends import run_verified
+
+        run_verified(args)
+        return
     with tempfile.TemporaryDirectory(prefix="zdm-bench-") as cache:
         run(args, Path(cache))
 

@@ -17,7 +17,13 @@ from 300x300 JPEGs (the casting test split when ../shared/data is there, else sy
 The last line of output is one JSON object with every figure; the targets are
 ``served_over_inprocess`` >= 0.8 and ``p50_minus_inprocess_b1_ms`` <= 1.0.
 
-Usage: ``python bench/classifier.py [--seconds 10] [--images 256] [--backend auto]``.
+The JSON also says which backend served and what it was verified on (``verified_on``,
+``rejected_backends``: candidates the verification turned down). With ``--work DIR`` holding a
+``registry/`` with a trained version and its verification set, the figures are those of the backend
+that reproduces it (throughput at zero verdict flips); the default random-weights model has no set and
+is checked on random inputs only.
+
+Usage: ``python bench/classifier.py [--seconds 10] [--images 256] [--backend auto] [--work DIR]``.
 Needs a Redis (REDIS_URL, else 127.0.0.1:6379, else an embedded one is started).
 """
 
@@ -342,8 +348,12 @@ def main() -> None:
 
     # In-process: the service's own backend factory (same conversion, cached) with the runtime's default threads.
     inproc = InProcess(backend_factory(registry, settings)(manifest), images)
+    report = inproc.backend.verification  # how the factory chose the backend (services.classifier.verification)
     results: dict[str, object] = {
         "backend": inproc.backend.name,
+        "verified_on": report.method if report is not None else "none",
+        "verification_images": report.images if report is not None else 0,
+        "rejected_backends": [f"{o.backend}: {o.reason}" for o in report.rejected] if report is not None else [],
         "images": source,
         "cpus": os.cpu_count(),
         "loadavg_1m_at_start": os.getloadavg()[0],

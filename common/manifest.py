@@ -74,6 +74,17 @@ def defect_indices(classes: list[str], defect_class: str, ok_classes: list[str])
     return [i for i, c in enumerate(classes) if c not in ok]
 
 
+class VerificationInfo(BaseModel):
+    """The verification set published beside the weights (format: common.verification)."""
+
+    file: str
+    sha256: str
+    count: int
+    class_counts: dict[str, int] = Field(default_factory=dict)
+    source: str = "val"  # the split the images come from
+    reference: str = "torch-cpu-fp32"  # what computed the stored probabilities
+
+
 class Manifest(BaseModel):
     format: int = MANIFEST_FORMAT
     name: str
@@ -113,6 +124,7 @@ class Manifest(BaseModel):
         if not self.operating_point or "threshold" not in self.operating_point:
             return None
         return float(self.operating_point["threshold"])
+    verification: VerificationInfo | None = None  # None in versions published before verification sets
 
     @property
     def defect_index(self) -> int:

@@ -181,6 +181,9 @@ class ClassifierSettings(ServerSettings):
     inference_threads: int = 0
     # OpenVINO inference precision: auto (bf16 where the CPU has it) | bf16 | f32.
     precision: str = "auto"
+    # Max |probability difference| a backend may show against torch fp32 on a version's verification set
+    # (besides no verdict flips); otherwise the next backend is tried. See docs/classifier.md.
+    verify_tolerance: float = 0.01
     # OpenCV's own thread pool per decode/resize call; 1 leaves parallelism to the gRPC threads.
     opencv_threads: int = 1
     # Loaded versions kept at most (versions pinned by requests are evicted least recently used first).

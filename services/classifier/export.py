@@ -14,6 +14,11 @@ complete (a directory rename is atomic on POSIX), so a crash mid-conversion leav
 ``complete.json`` with each file's size and SHA-256; an entry whose files do not match it (truncated,
 edited, partly deleted) is rebuilt. A ``flock`` per entry keeps two processes sharing a cache from
 converting the same model at once.
+
+Verification outcomes (:mod:`services.classifier.verification`) are cached beside the conversions,
+under ``cache_dir / cache_key / verified / <sha256 of the outcome's inputs>.json``: the converted
+files' digest, the runtime settings and version, the CPU and the verification set's identity. Each
+record is written to a temporary file and renamed into place.
 """
 
 from __future__ import annotations
@@ -69,10 +74,12 @@ class Artifact:
     Attributes:
         path: The file a runtime opens (``model.xml`` for OpenVINO, ``model.onnx`` for ONNX).
         from_cache: True when the entry already existed and was reused, False when just converted.
+        digest: SHA-256 of the entry's marker, which lists every file's hash: identifies the conversion.
     """
 
     path: Path
     from_cache: bool
+    digest: str = ""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -221,7 +228,7 @@ def cached_openvino(model: nn.Module, image_size: int, cache_dir: Path, cache_ke
         _validate_openvino(tmp / OPENVINO_FILES[0])
 
     entry = _cached_entry(cache_dir, cache_key, openvino_entry_name(image_size), OPENVINO_FILES, write)
-    return Artifact(path=entry.path / OPENVINO_FILES[0], from_cache=entry.from_cache)
+    return Artifact(path=entry.path / OPENVINO_FILES[0], from_cache=entry.from_cache, digest=entry.digest)
 
 
 def cached_onnx(model: nn.Module, image_size: int, cache_dir: Path, cache_key: str) -> Artifact:
@@ -232,7 +239,7 @@ def cached_onnx(model: nn.Module, image_size: int, cache_dir: Path, cache_key: s
         _validate_onnx(tmp / ONNX_FILE)
 
     entry = _cached_entry(cache_dir, cache_key, onnx_entry_name(image_size), (ONNX_FILE,), write)
-    return Artifact(path=entry.path / ONNX_FILE, from_cache=entry.from_cache)
+    return Artifact(path=entry.path / ONNX_FILE, from_cache=entry.from_cache, digest=entry.digest)
 
 
 def invalidate(artifact: Artifact) -> None:
@@ -245,6 +252,43 @@ def invalidate(artifact: Artifact) -> None:
     with _locked(entry.parent / f".lock-{entry.name}"):
         shutil.rmtree(entry, ignore_errors=True)
     logger.warning("removed cache entry %s", entry)
+
+
+VERIFIED_DIR = "verified"
+
+
+def outcome_path(cache_dir: Path, cache_key: str, inputs: str) -> Path:
+    """Where the verification outcome determined by ``inputs`` (a canonical string) is cached."""
+    check_cache_key(cache_key)
+    return Path(cache_dir) / cache_key / VERIFIED_DIR / f"{hashlib.sha256(inputs.encode()).hexdigest()}.json"
+
+
+def read_outcome(path: Path) -> dict | None:
+    """The cached outcome at ``path``; None when there is none or it is unreadable (it is measured again)."""
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        logger.warning("ignoring unreadable verification record %s: %s", path, e)
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_outcome(path: Path, record: dict) -> None:
+    """Write ``record`` atomically (temporary file, fsync, rename): readers see all of it or none."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _sanitize(name: str) -> str:
@@ -317,6 +361,10 @@ def _locked(lock_path: Path) -> Iterator[None]:
 class _Entry:
     path: Path
     from_cache: bool
+
+    @property
+    def digest(self) -> str:
+        return _sha256(self.path / MARKER_FILE)
 
 
 def _cached_entry(

@@ -7,10 +7,14 @@ The registry also holds the standard process / python collectors and the gRPC se
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from common.prometheus import new_registry
+
+if TYPE_CHECKING:
+    from services.classifier.verification import VerificationReport
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,12 @@ class ClassifierMetrics:
             "zdm_classifier_model_info", "1 for every loaded model version", ["name", "version", "backend"], registry=r
         )
         self.model_loads = Counter("zdm_classifier_model_loads_total", "Model loads by outcome", ["outcome"], registry=r)
+        self.rejected_backends = Counter(
+            "zdm_classifier_backend_rejections_total",
+            "Backend candidates turned down while loading a model (failed verification or build)",
+            ["backend", "reason"],
+            registry=r,
+        )
         self.audit_written = Counter("zdm_classifier_audit_written_total", "Audit records written", registry=r)
         self.audit_dropped = Counter("zdm_classifier_audit_dropped_total", "Audit records lost", ["reason"], registry=r)
         self.audit_buffer = Gauge("zdm_classifier_audit_buffer", "Audit records waiting to be written", registry=r)
@@ -58,6 +68,11 @@ class ClassifierMetrics:
     def model_loaded(self, name: str, version: int, backend: str) -> None:
         self.model_info.labels(name, str(version), backend).set(1)
         self.model_loads.labels("ok").inc()
+
+    def backend_rejections(self, report: VerificationReport | None) -> None:
+        """Count the candidates the build of a loaded model turned down (see services.classifier.verification)."""
+        for outcome in report.rejected if report is not None else ():
+            self.rejected_backends.labels(outcome.backend, outcome.reason).inc()
 
     def model_unloaded(self, name: str, version: int, backend: str) -> None:
         try:

@@ -76,6 +76,7 @@ def backend_factory(registry: Registry, settings: ClassifierSettings) -> Backend
     """The production factory: safetensors -> torch module -> the configured backend (cached conversion)."""
     from common.models.loading import load_published_verified
     from services.classifier.backends import BackendOptions, create_backend
+    from services.classifier.verification import verifier_for
 
     options = BackendOptions(
         num_threads=settings.inference_threads or None,
@@ -93,6 +94,7 @@ def backend_factory(registry: Registry, settings: ClassifierSettings) -> Backend
             cache_key,
             device=settings.device,
             options=options,
+            verifier=verifier_for(registry, manifest, model, settings.default_threshold, settings.verify_tolerance),
         )
 
     return build
@@ -294,6 +296,7 @@ class ModelStore:
         )
         if self._metrics is not None:
             self._metrics.model_loaded(manifest.name, manifest.version, backend.name)
+            self._metrics.backend_rejections(getattr(backend, "verification", None))
         log.info("loaded model %s on %s in %.2f s", label, backend.name, time.perf_counter() - start)
         return LoadedModel(manifest, backend, batcher)
 

@@ -36,6 +36,7 @@ from services.classifier.batcher import BatchOutput
 from services.classifier.metrics import ClassifierMetrics
 from services.classifier.model_store import LoadedModel, ModelStore
 from services.classifier.thresholds import ThresholdStore, validate_threshold
+from services.classifier.verification import VerificationReport
 
 log = logging.getLogger(__name__)
 
@@ -465,7 +466,28 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             threshold=self._thresholds.get(manifest.name, manifest.decision_threshold),
             backend=model.backend.name,
             loaded_at=model.loaded_at,
+            verification=_verification(getattr(model.backend, "verification", None)),
         )
+
+
+def _verification(report: VerificationReport | None) -> classifier_pb2.BackendVerification | None:
+    if report is None:  # a backend built outside create_backend (a custom factory)
+        return None
+    chosen = report.chosen
+    return classifier_pb2.BackendVerification(
+        method=report.method,
+        images=report.images,
+        threshold=report.threshold,
+        tolerance=report.tolerance,
+        max_delta=chosen.max_delta if chosen is not None else 0.0,
+        detail=chosen.detail if chosen is not None else "",
+        rejected=[
+            classifier_pb2.BackendRejection(
+                backend=o.backend, reason=o.reason, detail=o.detail, flips=o.flips, max_delta=o.max_delta
+            )
+            for o in report.rejected
+        ],
+    )
 
 
 # A call without a deadline reports a time remaining of centuries; treat anything beyond a day as none.

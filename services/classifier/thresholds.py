@@ -19,6 +19,7 @@ import time
 import redis
 
 from common.errors import InvalidArgument, Unavailable
+from common.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -86,3 +87,14 @@ def validate_threshold(value: float) -> float:
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise InvalidArgument(f"threshold must be a number in [0, 1], got {value}")
     return value
+
+
+def operating_threshold(manifest: Manifest, default: float) -> float:
+    """The threshold a version was validated for: its manifest's operating point, else ``default``.
+
+    The one place that reads it, so backend verification judges verdicts where they will be made.
+    Manifests gain ``operating_point`` with the trainer's threshold choice; older ones lack it.
+    """
+    point = getattr(manifest, "operating_point", None)
+    threshold = getattr(point, "threshold", None)
+    return validate_threshold(default if threshold is None else threshold)

@@ -52,6 +52,7 @@ from safetensors.torch import load_file
 from common.errors import error_class
 from common.models.freeze import FreezeReport
 from common.models.zoo import build_model, get_spec
+from common.verification import VERIFICATION_FILE, VerificationSet
 from services.trainer.ranks import RESULT_WEIGHTS, RankSpec, rank_main
 from services.trainer.runtime import check_devices, default_device
 from services.trainer.spec import JobConfig
@@ -226,6 +227,8 @@ def _import_result(config: JobConfig, meta: dict[str, Any], folder: Path, second
         resumed_from_epoch=meta["resumed_from_epoch"], runtime=meta["runtime"],
         operating_point=meta.get("operating_point", {}), class_weights=meta.get("class_weights"),
         class_counts=meta.get("class_counts", []), extra={"devices": config.recipe.devices},
+        verification=VerificationSet.from_bytes(vfile.read_bytes()) if (vfile := folder / VERIFICATION_FILE).is_file()
+        else None,
     )
 
 

@@ -11,6 +11,7 @@ died before acknowledging) finds that version instead of adding another.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -20,9 +21,10 @@ import redis
 from torch import nn
 
 from common import model_events
-from common.manifest import FreezeSpec, Manifest, Preprocessing
+from common.manifest import FreezeSpec, Manifest, Preprocessing, VerificationInfo
 from common.models.zoo import ArchSpec
 from common.registry import Registry
+from common.verification import VERIFICATION_FILE
 from services.trainer.gate import GateReport
 from services.trainer.spec import JobConfig
 from services.trainer.training import FitResult
@@ -33,7 +35,8 @@ TIMM_CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 
 
-def build_manifest(config: JobConfig, result: FitResult, job_id: str, gate: GateReport | None = None) -> Manifest:
+def build_manifest(config: JobConfig, result: FitResult, job_id: str, gate: GateReport | None = None,
+                   verification: VerificationInfo | None = None) -> Manifest:
     recipe = config.recipe.model_dump()
     recipe.update({
         "loss": "cross_entropy" if result.class_weights is None else "class_weighted_cross_entropy",
@@ -73,6 +76,7 @@ def build_manifest(config: JobConfig, result: FitResult, job_id: str, gate: Gate
         preset=config.recipe.preset,
         operating_point=result.operating_point or None,
         gate=None if gate is None else gate.as_dict(),
+        verification=verification,
     )
 
 
@@ -115,8 +119,14 @@ def publish(registry: Registry, client: redis.Redis | None, prefix: str, config:
     extra = {HISTORY_FILE: json.dumps(result.history).encode()}
     if result.arch.timm_name and hasattr(result.model, "pretrained_cfg"):
         extra[TIMM_CONFIG_FILE] = timm_config(result.model, result.arch, result.image_size, result.mean, result.std)
-    manifest = registry.publish(build_manifest(config, result, job_id, gate), result.state_dict(), extra_files=extra,
-                                aliases=aliases)
+    verification = None
+    if result.verification is not None:
+        extra[VERIFICATION_FILE] = data = result.verification.to_bytes()
+        verification = VerificationInfo(file=VERIFICATION_FILE, sha256=hashlib.sha256(data).hexdigest(),
+                                        count=len(result.verification),
+                                        class_counts=result.verification.class_counts(result.classes))
+    manifest = registry.publish(build_manifest(config, result, job_id, gate, verification), result.state_dict(),
+                                extra_files=extra, aliases=aliases)
     log.info("published %s v%d (job %s)", manifest.name, manifest.version, job_id)
     if client is not None:
         model_events.announce(client, prefix, manifest.name, manifest.version)

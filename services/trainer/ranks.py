@@ -32,6 +32,7 @@ from common.errors import ZdmError
 from common.log import setup_logging
 from common.metrics import classification_metrics
 from common.models.freeze import FreezeReport, train_mode
+from common.verification import VERIFICATION_FILE
 from services.trainer.data import BatchSource, PreparedData
 from services.trainer.optim import LrSchedule
 from services.trainer.runtime import Runtime
@@ -287,6 +288,8 @@ def _rank_hooks(events: Any, progress_interval: float) -> FitHooks:
 def _export(result: FitResult, folder: Path) -> dict[str, Any]:
     """Rank 0's result: the weights to safetensors in ``folder``, the rest as plain data."""
     save_file(result.state_dict(), str(folder / RESULT_WEIGHTS))
+    if result.verification is not None:
+        (folder / VERIFICATION_FILE).write_bytes(result.verification.to_bytes())
     return {
         "classes": result.classes, "defect_class": result.defect_class, "mean": result.mean, "std": result.std,
         "image_size": result.image_size, "fingerprint": result.fingerprint, "weights_source": result.weights_source,

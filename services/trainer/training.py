@@ -34,6 +34,7 @@ from common.metrics import classification_metrics, cosine_similarity
 from common.models.freeze import FreezeReport, apply_freeze, train_mode
 from common.models.weights import load_initial_weights
 from common.models.zoo import ArchSpec, build_model, get_spec
+from common.verification import VerificationSet
 from services.trainer import checkpoints
 from services.trainer.class_roles import resolve_defect_class
 from services.trainer.data import DEFAULT_IN_MEMORY_BYTES, BatchSource, PreparedData, prepare_data
@@ -42,6 +43,7 @@ from services.trainer.optim import LrSchedule, build_optimizer
 from services.trainer.recipes import class_weights
 from services.trainer.runtime import Runtime, resolve_runtime
 from services.trainer.spec import JobConfig
+from services.trainer.verification import build_verification_set
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +137,7 @@ class FitResult:
     class_weights: list[float] | None = None
     class_counts: list[int] = field(default_factory=list)  # training split, per class
     extra: dict[str, Any] = field(default_factory=dict)
+    verification: VerificationSet | None = None  # published beside the weights (common.verification)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
@@ -446,6 +449,8 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         metrics[f"{split}@0.5"] = metrics_at_threshold(test_y, test_p, data.classes, defect_indices, 0.5, test_loss)
         metrics[f"{split}@op"] = metrics_at_threshold(test_y, test_p, data.classes, defect_indices, point.threshold,
                                                       test_loss)
+    verification = build_verification_set(model, data.val, data.mean, data.std, len(data.classes)) \
+        if parallel.is_main else None
     final = {name: p.detach() for name, p in model.named_parameters()}
     cosine, _compared, _skipped = cosine_similarity(initial, final)
     return FitResult(
@@ -454,5 +459,5 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
         freeze=freeze_report, metrics=metrics, history=history, epochs_run=int(history[-1]["epoch"]),
         seconds=time.perf_counter() - started, cosine_to_initial=cosine, unreadable_images=data.unreadable(),
         resumed_from_epoch=resumed_from, runtime=parallel.describe(runtime), operating_point=point.as_dict(),
-        class_weights=weights, class_counts=list(data.class_counts),
+        class_weights=weights, class_counts=list(data.class_counts), verification=verification,
     )

@@ -330,7 +330,9 @@ def test_auto_falls_back_loudly(tmp_path, monkeypatch, caplog, small, small_x) -
     with caplog.at_level(logging.WARNING):
         backend = create_backend("auto", small, CACHE_SIZE, tmp_path, "ckpt1")
     assert backend.name == "onnxruntime"
-    assert "backend openvino unavailable" in caplog.text and "simulated conversion failure" in caplog.text
+    assert "backend openvino-" in caplog.text and "unavailable" in caplog.text
+    assert "simulated conversion failure" in caplog.text
+    assert [o.reason for o in backend.verification.rejected] == ["build_error"] * len(backend.verification.rejected)
 
     monkeypatch.setattr(export, "write_onnx", _broken)
     caplog.clear()

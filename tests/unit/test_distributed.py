@@ -189,6 +189,8 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(runs) -> No
     assert [h["train"]["loss"] for h in ddp.history] == pytest.approx([h["train"]["loss"] for h in single.history],
                                                                       rel=1e-5)
     assert ddp.epochs_run == EPOCHS and ddp.runtime == "cpu fp32 ×2 ranks (gloo DDP)"
+    # rank 0's verification set (from its validation shard) comes back with the weights
+    assert ddp.verification is not None and 0 < len(ddp.verification) <= single.metrics["val"]["samples"]
     # rank 0 alone reported (through the supervisor) and checkpointed
     (start,) = recorder.kinds("start")
     assert start.runtime == ddp.runtime and start.trainable_params == single.freeze.trainable

@@ -106,16 +106,50 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ...) -> None: ...
 
 class ServedModel(_message.Message):
-    __slots__ = ("info", "threshold", "backend", "loaded_at")
+    __slots__ = ("info", "threshold", "backend", "loaded_at", "verification")
     INFO_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     LOADED_AT_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     info: _common_pb2.ModelInfo
     threshold: float
     backend: str
     loaded_at: float
-    def __init__(self, info: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., backend: _Optional[str] = ..., loaded_at: _Optional[float] = ...) -> None: ...
+    verification: BackendVerification
+    def __init__(self, info: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., threshold: _Optional[float] = ..., backend: _Optional[str] = ..., loaded_at: _Optional[float] = ..., verification: _Optional[_Union[BackendVerification, _Mapping]] = ...) -> None: ...
+
+class BackendVerification(_message.Message):
+    __slots__ = ("method", "images", "threshold", "tolerance", "max_delta", "detail", "rejected")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELTA_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    images: int
+    threshold: float
+    tolerance: float
+    max_delta: float
+    detail: str
+    rejected: _containers.RepeatedCompositeFieldContainer[BackendRejection]
+    def __init__(self, method: _Optional[str] = ..., images: _Optional[int] = ..., threshold: _Optional[float] = ..., tolerance: _Optional[float] = ..., max_delta: _Optional[float] = ..., detail: _Optional[str] = ..., rejected: _Optional[_Iterable[_Union[BackendRejection, _Mapping]]] = ...) -> None: ...
+
+class BackendRejection(_message.Message):
+    __slots__ = ("backend", "reason", "detail", "flips", "max_delta")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    FLIPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELTA_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    reason: str
+    detail: str
+    flips: int
+    max_delta: float
+    def __init__(self, backend: _Optional[str] = ..., reason: _Optional[str] = ..., detail: _Optional[str] = ..., flips: _Optional[int] = ..., max_delta: _Optional[float] = ...) -> None: ...
 
 class SetThresholdRequest(_message.Message):
     __slots__ = ("name", "threshold")
