@@ -115,10 +115,12 @@ def theirs_method(model: torch.nn.Module, x: torch.Tensor, class_name: str, laye
         return cam(input_tensor=x, targets=None)
 
 
-def new_methods(model: torch.nn.Module, x: torch.Tensor, rounds: int) -> dict[str, float]:
+def new_methods(model: torch.nn.Module, x: torch.Tensor, rounds: int, only: list[str]) -> dict[str, float]:
     """Per-image cost of each newer method relative to our Grad-CAM (and to the package where it has it)."""
     result: dict[str, float] = {}
     for label, method, layer, gradients, package in NEW_METHODS:
+        if only and label not in only:
+            continue
         ours_maps = ours_method(model, x, method, layer, gradients)  # warm-up
         over, speedup = [], []
         for _ in range(rounds):
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 = torch's default")
     parser.add_argument("--layer", default=LAST_CONV, help="target layer (default: the last conv layer)")
     parser.add_argument("--method-rounds", type=int, default=3, help="rounds for each newer method (0 = skip)")
+    parser.add_argument("--methods", nargs="*", default=[], help="labels of the newer methods to run (default: all)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -200,7 +203,7 @@ def main() -> None:
     for b in (1, BATCH):
         print(f"batch {b:>2}: ours {ms[f'ours_b{b}']:7.1f} ms/img   grad-cam {ms[f'gradcam_b{b}']:7.1f} ms/img   "
               f"forward {ms[f'forward_b{b}']:7.1f} ms/img   speedup {ratio(f'gradcam_b{b}', f'ours_b{b}'):.2f}x   "
-              f"explain/classify {ratio(f'ours_b{b}', f'forward_b{b}'):.2f}")
+              f"explain/classify {ratio(f'ours_b{b}', f'forward_b{b}'):.2f}", flush=True)
     print(f"Pearson r of the maps over {len(r_values)} images: min {min(r_values):.5f}, "
           f"median {statistics.median(r_values):.5f}")
     result = {
@@ -214,7 +217,7 @@ def main() -> None:
         "min_pearson_r": round(min(r_values), 5),
     }
     if args.method_rounds:
-        result.update(new_methods(model, x, args.method_rounds))
+        result.update(new_methods(model, x, args.method_rounds, args.methods))
     print(json.dumps(result))
 
 

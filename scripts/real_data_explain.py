@@ -91,13 +91,13 @@ def run_evaluation(models: list[LoadedModel], dataset: AnnotatedSet, opts: Expla
 
 
 def run_search(loaded: LoadedModel, dataset: AnnotatedSet, method: str, normalization: str, regions: list[str],
-               layers: list[str], thresholds: list[float], batch_size: int) -> list[SearchOutcome]:
+               layers: list[str], thresholds: list[float], batch_size: int, fusions: list[str]) -> list[SearchOutcome]:
     """One pass over ``dataset``; an outcome per region."""
     started = time.perf_counter()
     outcomes = []
     what = f"search {method or 'default method'}/{normalization or 'default normalisation'}/{'+'.join(regions)}"
     for event in search_defaults(loaded, dataset, method=method, normalization=normalization, regions=regions,
-                                 layers=layers, thresholds=thresholds, batch_size=batch_size):
+                                 layers=layers, fusions=fusions, thresholds=thresholds, batch_size=batch_size):
         if isinstance(event, SearchOutcome):
             outcomes.append(event)
         else:
@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--search-normalizations", nargs="*", default=[""], help="max / minmax ('' = the manifest's)")
     parser.add_argument("--search-regions", nargs="*", default=["all", "peak"], help="all / peak")
     parser.add_argument("--layers", nargs="*", default=[], help="candidate layers (default: the architecture's)")
+    parser.add_argument("--fusions", nargs="*", default=[], help="candidate fusions 'a+b' of CAM layers (weights searched)")
     parser.add_argument("--thresholds", nargs="*", type=float, default=[], help="default: 0.1 .. 0.9")
     parser.add_argument("--seed", type=int, default=0, help="seed of the search / report split")
     parser.add_argument("--no-search", action="store_true")
@@ -188,7 +189,7 @@ def main() -> None:
             variant_opts.append(ExplainOptions())
             for method, normalization in itertools.product(args.search_methods, args.search_normalizations):
                 outcomes = run_search(loaded, search_half, method, normalization, list(dict.fromkeys(args.search_regions)),
-                                      args.layers, args.thresholds, args.batch_size)
+                                      args.layers, args.thresholds, args.batch_size, args.fusions)
                 for outcome in outcomes:
                     best = outcome.best
                     tag = f"{outcome.method}/{outcome.normalization}/{outcome.region} searched"
