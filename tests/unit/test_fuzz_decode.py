@@ -22,7 +22,8 @@ def test_decode_fuzzer_finds_nothing_in_a_few_seconds(tmp_path: Path) -> None:
     work.mkdir()
     seeds = ROOT / "tests" / "corpus" / "files"  # second: libFuzzer writes new inputs into the first folder only
     cmd = [sys.executable, str(ROOT / "tests" / "fuzz" / "fuzz_decode.py"), str(work), str(seeds),
-           f"-max_total_time={SECONDS}", f"-seed={SEED}", "-rss_limit_mb=1500", "-timeout=10", f"-artifact_prefix={tmp_path}/"]
+           f"-max_total_time={SECONDS}", f"-seed={SEED}", "-rss_limit_mb=1500", "-timeout=10",
+           f"-artifact_prefix={tmp_path}/"]
     done = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
                           timeout=SECONDS + 120)
     crashes = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("crash-", "oom-", "timeout-", "leak-")))
