@@ -51,11 +51,12 @@ def data_root(tmp_path_factory) -> Path:
 
 
 def _config(data_root: Path, *, batch: int, devices: int, epochs: int = EPOCHS) -> JobConfig:
+    # The thesis preset: constant lr, no augmentation (its draws differ per rank), plain loss.
     # ConvNeXt has LayerNorm, no BatchNorm and no dropout: one step over a global batch is the same
     # computation whether one process or two ranks do it.
     spec = {"architecture": "test_convnext", "dataset_path": "ds", "weights": {"kind": "WEIGHTS_KIND_RANDOM"},
             "recipe": {"epochs": epochs, "batch_size": batch, "image_size": 32, "precision": "PRECISION_FP32",
-                       "lr": 1e-3, "seed": 3, "devices": devices}}
+                       "lr": 1e-3, "seed": 3, "devices": devices, "preset": "thesis"}}
     return parse_job_spec(spec, [data_root])
 
 
