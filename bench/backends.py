@@ -57,6 +57,15 @@ def model_only(
 ) -> tuple[float, float]:
     """Images/s of ``infer`` on one batch, from ``callers`` threads at once."""
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    return infer_rate(backend, x, seconds, repeats, callers, batches_per_caller=4)
+
+
+def infer_rate(
+    backend: Backend, x: np.ndarray, seconds: float, repeats: int, callers: int, batches_per_caller: int
+) -> tuple[float, float]:
+    """Images/s of ``infer`` on batch ``x``: one caller back to back, or bursts in which each of ``callers``
+    threads runs ``batches_per_caller`` batches (a burst ends when all are done)."""
+    batch = len(x)
     if callers == 1:
 
         def step() -> int:
@@ -65,13 +74,14 @@ def model_only(
 
         return throughput(step, seconds, repeats)
 
-    def burst() -> int:  # every caller runs 4 batches; the window ends when all are done
-        threads = [threading.Thread(target=lambda: [backend.infer(x) for _ in range(4)]) for _ in range(callers)]
+    def burst() -> int:
+        threads = [threading.Thread(target=lambda: [backend.infer(x) for _ in range(batches_per_caller)])
+                   for _ in range(callers)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        return 4 * callers * batch
+        return batches_per_caller * callers * batch
 
     return throughput(burst, seconds, repeats)
 

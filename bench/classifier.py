@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -205,6 +205,64 @@ def serving(env: dict[str, str], port: int) -> Iterator[str]:
             proc.kill()
 
 
+def concurrent_throughput(call: Callable[[int, int], object], clients: int, seconds: float) -> float:
+    """Calls per second with ``clients`` threads calling back to back: thread k makes calls ``call(k, i)`` for
+    i = k, k + clients, ...; counted over ``seconds`` after a short ramp-up. Any failed call fails the phase."""
+    counts = [0] * clients
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def client(k: int) -> None:
+        i = k
+        while not stop.is_set():
+            try:
+                call(k, i)
+            except Exception as exc:  # noqa: BLE001 - reported after the phase
+                errors.append(exc)
+                return
+            counts[k] += 1
+            i += clients
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(min(1.0, seconds / 4))  # ramp-up
+    before, t0 = sum(counts), time.perf_counter()
+    time.sleep(seconds)
+    done, elapsed = sum(counts) - before, time.perf_counter() - t0
+    stop.set()
+    for t in threads:
+        t.join(60)
+    if errors:
+        raise RuntimeError(f"{len(errors)} calls failed: {errors[0]}")
+    return done / elapsed
+
+
+def classifier_env(url: str, prefix: str, work: Path, port: int, backend: str) -> dict[str, str]:
+    """The environment of a ``python -m services.classifier`` serving ``work``'s registry on ``port``."""
+    return {
+        "REDIS_URL": url,
+        "ZDM_KEY_PREFIX": prefix,
+        "ZDM_REGISTRY": str(work / "registry"),
+        "ZDM_CACHE_DIR": str(work / "cache"),
+        "ZDM_LOG_LEVEL": "WARNING",
+        "ZDM_CLASSIFIER_PORT": str(port),
+        "ZDM_CLASSIFIER_BACKEND": backend,
+    }
+
+
+def clean_up(url: str, prefix: str, embedded: EmbeddedRedis | None, scratch: Path | None) -> None:
+    """Delete the run's Redis keys, stop the embedded Redis if one was started, remove the scratch folder if any."""
+    client = connect(url)
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    if keys:
+        client.delete(*keys)
+    if embedded is not None:
+        embedded.stop()
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 class Served:
     """Clients of the served classifier: ``clients`` channels, each used by one thread at a time."""
 
@@ -222,35 +280,9 @@ class Served:
 
     def throughput(self, seconds: float) -> float:
         """Verdicts per second with every client sending one image at a time, back to back."""
-        clients = len(self.stubs)
-        counts = [0] * clients
-        errors: list[BaseException] = []
-        stop = threading.Event()
-
-        def client(k: int) -> None:
-            i = k
-            while not stop.is_set():
-                try:
-                    self.stubs[k].Classify(self.requests[i % len(self.requests)], timeout=30)
-                except grpc.RpcError as exc:
-                    errors.append(exc)
-                    return
-                counts[k] += 1
-                i += clients
-
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-        for t in threads:
-            t.start()
-        time.sleep(min(1.0, seconds / 4))  # ramp-up
-        before, t0 = sum(counts), time.perf_counter()
-        time.sleep(seconds)
-        done, elapsed = sum(counts) - before, time.perf_counter() - t0
-        stop.set()
-        for t in threads:
-            t.join(60)
-        if errors:
-            raise RuntimeError(f"{len(errors)} served requests failed: {errors[0]}")
-        return done / elapsed
+        return concurrent_throughput(
+            lambda k, i: self.stubs[k].Classify(self.requests[i % len(self.requests)], timeout=30), len(self.stubs), seconds
+        )
 
     def classify(self, k: int, i: int) -> classifier_pb2.Verdict:
         """One call on client k's channel with image i."""
@@ -362,13 +394,7 @@ def main() -> None:
 
     port = _free_port()
     env = {
-        "REDIS_URL": url,
-        "ZDM_KEY_PREFIX": prefix,
-        "ZDM_REGISTRY": str(work / "registry"),
-        "ZDM_CACHE_DIR": str(work / "cache"),
-        "ZDM_LOG_LEVEL": "WARNING",
-        "ZDM_CLASSIFIER_PORT": str(port),
-        "ZDM_CLASSIFIER_BACKEND": args.backend,
+        **classifier_env(url, prefix, work, port, args.backend),
         "ZDM_CLASSIFIER_INFERENCE_THREADS": str(args.inference_threads),
         "ZDM_CLASSIFIER_MAX_QUEUE_DELAY_MS": str(args.max_queue_delay_ms),
         "ZDM_CLASSIFIER_MAX_WORKERS": str(args.server_threads),
@@ -402,14 +428,7 @@ def main() -> None:
             finally:
                 served.close()
     finally:
-        client = connect(url)
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        if embedded is not None:
-            embedded.stop()
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(url, prefix, embedded, work if args.work is None else None)
 
     inproc_lat = [t[0] for t in inproc_parts]
     # The same single-client calls against a bare Python gRPC server that only waits the in-process time.

@@ -25,11 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,8 +40,18 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as triton  # noqa: E402
 
-from bench.classifier import _free_port, _pct, _redis_url, load_jpegs, publish_model, serving, wait_for_quiet  # noqa: E402
-from common.redis_conn import connect  # noqa: E402
+from bench.classifier import (  # noqa: E402
+    _free_port,
+    _pct,
+    _redis_url,
+    classifier_env,
+    clean_up,
+    concurrent_throughput,
+    load_jpegs,
+    publish_model,
+    serving,
+    wait_for_quiet,
+)
 from common.registry import Registry  # noqa: E402
 from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2  # noqa: E402
 
@@ -91,37 +99,6 @@ class Oip:
 Call = Callable[[int, int], tuple[float, bool]]
 
 
-def throughput(call: Call, clients: int, seconds: float) -> float:
-    counts = [0] * clients
-    errors: list[BaseException] = []
-    stop = threading.Event()
-
-    def client(k: int) -> None:
-        i = k
-        while not stop.is_set():
-            try:
-                call(k, i)
-            except Exception as exc:  # noqa: BLE001 - reported after the phase
-                errors.append(exc)
-                return
-            counts[k] += 1
-            i += clients
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    time.sleep(min(1.0, seconds / 4))
-    before, t0 = sum(counts), time.perf_counter()
-    time.sleep(seconds)
-    done, elapsed = sum(counts) - before, time.perf_counter() - t0
-    stop.set()
-    for t in threads:
-        t.join(60)
-    if errors:
-        raise RuntimeError(f"{len(errors)} calls failed: {errors[0]}")
-    return done / elapsed
-
-
 def alternating_latencies(zdm: Call, oip: Call, seconds: float) -> tuple[list[float], list[float]]:
     zdm_ms: list[float] = []
     oip_ms: list[float] = []
@@ -153,15 +130,7 @@ def main() -> None:
     url, embedded = _redis_url()
     prefix = f"zdmbench:oip:{os.getpid()}"
     port = _free_port()
-    env = {
-        "REDIS_URL": url,
-        "ZDM_KEY_PREFIX": prefix,
-        "ZDM_REGISTRY": str(work / "registry"),
-        "ZDM_CACHE_DIR": str(work / "cache"),
-        "ZDM_LOG_LEVEL": "WARNING",
-        "ZDM_CLASSIFIER_PORT": str(port),
-        "ZDM_CLASSIFIER_BACKEND": args.backend,
-    }
+    env = classifier_env(url, prefix, work, port, args.backend)
     print(f"images: {source}; model resnet18/224, backend {args.backend}; {os.cpu_count()} CPUs", flush=True)
     rounds: dict[str, list[float]] = {"zdm": [], "oip": []}
     zdm_lat: list[float] = []
@@ -174,8 +143,8 @@ def main() -> None:
                 agree = all(z[1] == o[1] and abs(z[0] - o[0]) < 1e-6 for z, o in pairs)
                 for r in range(args.rounds):
                     wait_for_quiet(args.quiet_pressure, 120.0)
-                    rounds["zdm"].append(throughput(zdm.call, CLIENTS, args.seconds))
-                    rounds["oip"].append(throughput(oip.call, CLIENTS, args.seconds))
+                    rounds["zdm"].append(concurrent_throughput(zdm.call, CLIENTS, args.seconds))
+                    rounds["oip"].append(concurrent_throughput(oip.call, CLIENTS, args.seconds))
                     z_ms, o_ms = alternating_latencies(zdm.call, oip.call, args.seconds)
                     zdm_lat += z_ms
                     oip_lat += o_ms
@@ -188,14 +157,7 @@ def main() -> None:
                 zdm.close()
                 oip.close()
     finally:
-        client = connect(url)
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
-        if embedded is not None:
-            embedded.stop()
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(url, prefix, embedded, work if args.work is None else None)
 
     results: dict[str, object] = {
         "images": source,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.backends import throughput
+from bench.backends import infer_rate
 from common.images import decode_image, preprocess_batch
 from common.models.loading import load_published
 from common.registry import Registry
@@ -102,19 +102,7 @@ def _configs(model: nn.Module, size: int, cache: Path, key: str, calibration: np
 
 def _rate(backend: Backend, x: np.ndarray, batch: int, seconds: float, repeats: int, callers: int) -> float:
     xb = np.ascontiguousarray(np.resize(x, (batch, *x.shape[1:])))
-    if callers == 1:
-        return throughput(lambda: (backend.infer(xb), batch)[1], seconds, repeats)[0]
-    import threading
-
-    def burst() -> int:
-        threads = [threading.Thread(target=lambda: [backend.infer(xb) for _ in range(2)]) for _ in range(callers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        return 2 * callers * batch
-
-    return throughput(burst, seconds, repeats)[0]
+    return infer_rate(backend, xb, seconds, repeats, callers, batches_per_caller=2)[0]
 
 
 def run_verified(args: argparse.Namespace) -> None:

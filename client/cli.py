@@ -6,8 +6,9 @@ import json
 import os
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -405,6 +406,12 @@ def classify(
 METHODS = method_names.ENUMS
 
 
+def _method_option(method: str) -> int:
+    if method not in METHODS:
+        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    return METHODS[method]
+
+
 @app.command()
 @_grpc_errors
 def explain(
@@ -422,10 +429,9 @@ def explain(
     out: Annotated[Path | None, typer.Option(help="Write the overlay PNG here.")] = None,
 ) -> None:
     """Heatmap, thresholded mask and (with --mask) IoU / IoP / IoGT for one image."""
-    if method not in METHODS:
-        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    method_value = _method_option(method)
     request = explainer_pb2.ExplainRequest(image=image_from(file), model=model_ref(model, version),
-                                           method=METHODS[method], layer=layer, region=region,
+                                           method=method_value, layer=layer, region=region,
                                            want_png=out is not None,
                                            tiles=explainer_pb2.TileOptions(enabled=tiles))
     if threshold is not None:
@@ -521,6 +527,23 @@ class _dataset_progress:
         self.progress.stop()
 
 
+def _final_event(start: Callable[[], Iterable[Any]], doing: str, field: str, missing: str) -> Any:
+    """Run a dataset stream (``start()``) behind a progress bar; returns ``field`` of its last other event.
+
+    Exits 1 with ``missing`` when the stream ends without one."""
+    final = None
+    with _dataset_progress(doing) as on_progress:
+        for event in start():
+            if event.HasField("progress"):
+                on_progress(event.progress)
+            else:
+                final = getattr(event, field)
+    if final is None:
+        console.print(f"[red]{missing}[/red]")
+        raise typer.Exit(1)
+    return final
+
+
 # -- zdm evaluate -----------------------------------------------------------------------------------
 @app.command()
 @_grpc_errors
@@ -539,24 +562,15 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Explain and score every annotated image; writes per-image CSV, charts and an HTML report."""
-    if method not in METHODS:
-        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    method_value = _method_option(method)
     request = explainer_pb2.EvaluateDatasetRequest(
         images_path=str(images.resolve()), masks_path=str(masks.resolve()),
-        models=[_model_option(m) for m in model or []], method=METHODS[method], layer=layer, region=region,
+        models=[_model_option(m) for m in model or []], method=method_value, layer=layer, region=region,
         limit=limit, batch_size=batch_size, output_dir=output_dir)
     if threshold is not None:
         request.threshold = threshold
-    summary = None
-    with _dataset_progress("evaluating") as on_progress:
-        for event in ExplainerClient(Endpoints.from_env().explainer).evaluate(request):
-            if event.HasField("progress"):
-                on_progress(event.progress)
-            else:
-                summary = event.summary
-    if summary is None:
-        console.print("[red]the evaluation ended without a summary[/red]")
-        raise typer.Exit(1)
+    summary = _final_event(lambda: ExplainerClient(Endpoints.from_env().explainer).evaluate(request), "evaluating",
+                           "summary", "the evaluation ended without a summary")
     if as_json:
         _emit_json(to_dict(summary))
         return
@@ -596,22 +610,13 @@ def search(
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Search the explanation layer / threshold (/ region) that best matches the masks."""
-    if method not in METHODS:
-        raise typer.BadParameter(f"method must be one of {sorted(m for m in METHODS if m)}")
+    method_value = _method_option(method)
     request = explainer_pb2.SearchDefaultsRequest(
         model=_model_option(model), images_path=str(images.resolve()), masks_path=str(masks.resolve()),
-        method=METHODS[method], layers=layer or [], thresholds=threshold or [], regions=region or [], limit=limit,
+        method=method_value, layers=layer or [], thresholds=threshold or [], regions=region or [], limit=limit,
         store=store)
-    result = None
-    with _dataset_progress("searching") as on_progress:
-        for event in ExplainerClient(Endpoints.from_env().explainer).search_defaults(request):
-            if event.HasField("progress"):
-                on_progress(event.progress)
-            else:
-                result = event.result
-    if result is None:
-        console.print("[red]the search ended without a result[/red]")
-        raise typer.Exit(1)
+    result = _final_event(lambda: ExplainerClient(Endpoints.from_env().explainer).search_defaults(request), "searching",
+                          "result", "the search ended without a result")
     if as_json:
         _emit_json(to_dict(result))
         return

@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from common.wrapping_interceptor import WrappingInterceptor
+
 _LABELS = ("grpc_type", "grpc_service", "grpc_method")
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -44,24 +46,12 @@ def _code(context: grpc.ServicerContext, failed: bool) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(WrappingInterceptor):
     """Counts and times every call; placed outside the error interceptor, so it sees the final status."""
 
     def __init__(self, metrics: GrpcServerMetrics) -> None:
+        super().__init__()
         self.m = metrics
-        self._wrapped: dict[str, tuple[Any, Any]] = {}
-
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
 
     def _wrap(self, handler: Any, method: str) -> Any:
         service, name = _split(method)

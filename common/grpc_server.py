@@ -23,6 +23,7 @@ from common.ratelimit import RateLimiter
 from common.settings import SecuritySettings
 from common.streams import KEEPALIVE_OPTIONS, StreamLimitInterceptor
 from common.tls import server_credentials
+from common.wrapping_interceptor import WrappingInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -87,26 +88,11 @@ def _wrap_stream(behavior: Callable, method: str) -> Callable:
     return handler
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps domain errors to their status codes (unary and streaming); anything else is INTERNAL.
+class ErrorInterceptor(WrappingInterceptor):
+    """Maps domain errors to their status codes (unary and streaming); anything else is INTERNAL."""
 
-    Wrapped handlers are built once per method and reused (the interceptor runs on every call).
-    """
-
-    def __init__(self) -> None:
-        self._wrapped: dict[str, tuple[Any, Any]] = {}  # method -> (original handler, wrapped)
-
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
-        cached = self._wrapped.get(method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = _wrap_handler(handler, method)
-        self._wrapped[method] = (handler, wrapped)
-        return wrapped
+    def _wrap(self, handler: Any, method: str) -> Any:
+        return _wrap_handler(handler, method)
 
 
 def _wrap_handler(handler: Any, method: str) -> Any:

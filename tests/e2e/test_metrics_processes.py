@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 
 from client.stack import SERVICES, free_port
+from tests.e2e.zdm_up_support import start_zdm_up, wait_until_up
 
 OWN_SERIES = {  # a series only that service exports, present before any call
     "trainer": "# TYPE zdm_trainer_queue_depth gauge",
@@ -29,16 +27,9 @@ def test_zdm_up_metrics_serves_each_service_and_logs_json(tmp_path, redis_url, k
     env = dict(os.environ, REDIS_URL=redis_url, ZDM_KEY_PREFIX=key_prefix, ZDM_LOG_FORMAT="json",
                **{f"ZDM_{s.upper()}_PORT": str(free_port()) for s in SERVICES},
                **{f"ZDM_{s.upper()}_METRICS_PORT": str(p) for s, p in metrics.items()})
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "up", "--metrics", "--home", str(tmp_path / "home")],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_zdm_up(["--metrics", "--home", str(tmp_path / "home")], env)
     try:
-        deadline = time.monotonic() + 120
-        seen = ""
-        while "Ctrl-C stops" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, f"zdm up exited early:\n{seen}"
-            seen += line
-            assert time.monotonic() < deadline, seen
+        seen = wait_until_up(proc)
         for service, port in metrics.items():
             assert f"metrics http://127.0.0.1:{port}/metrics" in seen
             text = _get(f"http://127.0.0.1:{port}/metrics")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import grpc
 import pytest
@@ -14,6 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from client.stack import SERVICE_NAMES, SERVICES, Stack, free_port
+from tests.e2e.zdm_up_support import start_zdm_up, wait_until_up
 
 
 def _health(address: str, service: str) -> int:
@@ -57,16 +56,9 @@ def test_zdm_up_ctrl_c_leaves_no_process(tmp_path, redis_url, key_prefix) -> Non
     env = dict(os.environ, REDIS_URL=redis_url, ZDM_KEY_PREFIX=key_prefix, ZDM_HOME=str(tmp_path / "home"),
                ZDM_TRAINER_PORT=str(free_port()), ZDM_CLASSIFIER_PORT=str(free_port()),
                ZDM_EXPLAINER_PORT=str(free_port()))
-    proc = subprocess.Popen([sys.executable, "-m", "client.cli", "up", "--home", str(tmp_path / "home")], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = start_zdm_up(["--home", str(tmp_path / "home")], env)
     try:
-        deadline = time.monotonic() + 120
-        seen = ""
-        while "Ctrl-C stops" not in seen:
-            line = proc.stdout.readline()
-            assert line or proc.poll() is None, f"zdm up exited early:\n{seen}"
-            seen += line
-            assert time.monotonic() < deadline, seen
+        seen = wait_until_up(proc)
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 3, seen
         os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C

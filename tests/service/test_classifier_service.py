@@ -21,6 +21,7 @@ from common.models.zoo import build_model
 from common.redis_conn import connect
 from protos.zdm.v1 import classifier_pb2, common_pb2
 from tests.service import classifier_support as cs
+from tests.service.trainer_support import one_torch_thread
 
 NAME = "casting"
 
@@ -28,10 +29,8 @@ NAME = "casting"
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """2 shared cores: one torch thread trains and serves faster than a fighting pool."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

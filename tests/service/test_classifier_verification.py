@@ -21,14 +21,13 @@ from services.classifier import export
 from services.trainer.data import InMemorySource
 from services.trainer.verification import build_verification_set
 from tests.service import classifier_support as cs
+from tests.service.trainer_support import one_torch_thread
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_torch_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _perturbed(model: torch.nn.Module) -> torch.nn.Module:

@@ -32,11 +32,6 @@ def _metrics(job: trainer_pb2.Job) -> dict[str, trainer_pb2.SplitMetrics]:
     return {m.split: m for m in job.result.metrics}
 
 
-def _messages(h: Harness, job_id: str) -> list[str]:
-    return [e.message for e in h.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=60)
-            if e.WhichOneof("event") == "message"]
-
-
 def test_check_and_submit_report_duplicates_and_test_metrics_without_them(harness: Harness) -> None:
     h = harness
     dataset = make_dataset(h.settings, train_per_class=12, test_per_class=4)
@@ -77,7 +72,7 @@ def test_check_and_submit_report_duplicates_and_test_metrics_without_them(harnes
     assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
     assert other.state == trainer_pb2.JOB_STATE_SUCCEEDED, other.error
     assert job.dataset_report.decoded and job.dataset_report.test_after_dedup == 8  # the worker's full pass
-    messages = _messages(h, submitted.job_id)
+    messages = h.messages(submitted.job_id, timeout=60)
     assert any(m.startswith("dataset check:") and "exact duplicates" in m for m in messages)
     assert any(m.startswith("dataset check:") and "unreadable" in m for m in messages)
     assert any(m.startswith("dataset check:") and "near duplicates" in m for m in messages)  # from the worker

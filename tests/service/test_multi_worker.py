@@ -74,11 +74,6 @@ def _wait_until_started(workers: list[WorkerProcess], timeout: float = 90.0) -> 
         time.sleep(0.1)
 
 
-def _messages(h: Harness, job_id: str) -> list[str]:
-    return [e.message for e in h.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=30)
-            if e.WhichOneof("event") == "message"]
-
-
 def test_two_worker_processes_run_six_jobs_each_exactly_once(harness: Harness) -> None:
     h = harness
     dataset = make_dataset(h.settings, train_per_class=10, test_per_class=2)
@@ -113,7 +108,7 @@ def test_two_worker_processes_run_six_jobs_each_exactly_once(harness: Harness) -
 
     # each job started once and was acknowledged: nothing pending, nothing delayed, nothing dead-lettered
     for job_id in job_ids:
-        messages = _messages(h, job_id)
+        messages = h.messages(job_id)
         assert sum(m.startswith("attempt ") for m in messages) == 1, messages
         assert sum(m.startswith("published ") for m in messages) == 1, messages
     assert h.queue.outstanding() == 0 and h.queue.dead_letters() == []
@@ -136,7 +131,7 @@ def test_cancelling_a_two_device_job_stops_its_ranks(harness: Harness) -> None:
     assert trainer_pb2.JobState.Name(job.state) == "JOB_STATE_CANCELLED", job.error
     assert multiprocessing.active_children() == []
     assert h.registry.versions("wide") == []
-    assert any("×2 ranks (gloo DDP)" in m for m in _messages(h, job_id))
+    assert any("×2 ranks (gloo DDP)" in m for m in h.messages(job_id))
 
 
 def test_submit_rejects_more_devices_than_the_trainer_has(harness: Harness, monkeypatch) -> None:

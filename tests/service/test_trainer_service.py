@@ -143,8 +143,7 @@ def test_sweep_of_freeze_policies_reports_trainable_params_and_a_table(harness: 
     assert set(children) == set(submitted.child_job_ids)
     assert all(c.total_params == unfrozen for c in children.values())
     assert rows["frozen"].cosine_to_initial > rows["unfrozen"].cosine_to_initial
-    messages = [e.message for e in h.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=submitted.job_id), timeout=30)
-                if e.WhichOneof("event") == "message"]
+    messages = h.messages(submitted.job_id)
     table = next(m for m in messages if m.startswith("sweep finished"))
     assert "frozen" in table and "cosine(test_resnet: frozen vs partial)" in table
 

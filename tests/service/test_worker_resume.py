@@ -46,11 +46,6 @@ def _checkpointed_worker(h: Harness, job_id: str, name: str) -> Iterator[subproc
             proc.kill()
 
 
-def _messages(h: Harness, job_id: str) -> list[str]:
-    return [e.message for e in h.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=30)
-            if e.WhichOneof("event") == "message"]
-
-
 def _submit_long_job(h: Harness) -> str:
     dataset = make_dataset(h.settings, train_per_class=24, test_per_class=2)
     spec = job_spec(dataset, name="resumable", epochs=12, batch_size=4, augment=True)
@@ -69,7 +64,7 @@ def test_killed_worker_job_is_finished_by_another_from_the_last_epoch_once(harne
         job = h.wait_state(job_id, {"SUCCEEDED", "FAILED", "CANCELLED"}, timeout=90)
     assert trainer_pb2.JobState.Name(job.state) == "JOB_STATE_SUCCEEDED", job.error
     assert job.attempt == 2 and job.worker == "rescuer" and job.result.epochs_run == 12
-    messages = _messages(h, job_id)
+    messages = h.messages(job_id)
     resumed = [m for m in messages if m.startswith("resumed from epoch")]
     assert resumed == [f"resumed from epoch {killed_at_epoch}"]
     assert any("lease of a lost worker taken over" in m for m in messages)
@@ -92,7 +87,7 @@ def test_sigterm_hands_the_job_back_at_once_without_using_an_attempt(harness: Ha
         assert time.monotonic() - handed_back_at < 60
     assert trainer_pb2.JobState.Name(job.state) == "JOB_STATE_SUCCEEDED", job.error
     assert job.attempt == 1
-    messages = _messages(h, job_id)
+    messages = h.messages(job_id)
     assert any("handed back" in m for m in messages)
     assert sum(m.startswith("resumed from epoch") for m in messages) == 1
     assert h.registry.versions("resumable") == [1]

@@ -111,6 +111,11 @@ class Harness:
             assert time.monotonic() < deadline, f"job {job_id} still {trainer_pb2.JobState.Name(job.state)}"
             time.sleep(0.05)
 
+    def messages(self, job_id: str, timeout: float = 30.0) -> list[str]:
+        """The job's message events, as WatchJob streams them (the stream ends with the job)."""
+        return [e.message for e in self.stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id), timeout=timeout)
+                if e.WhichOneof("event") == "message"]
+
 
 @contextmanager
 def one_torch_thread() -> Iterator[None]:

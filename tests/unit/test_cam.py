@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from common.errors import InvalidArgument
 from services.explainer import heatmap
 from services.explainer.cam import SpatialLayout, explain_batch, to_nchw, valid_layers
+from tests.cam_support import reference_activation_and_gradient
 
 torch.manual_seed(0)
 
@@ -71,18 +72,7 @@ X = torch.randn(5, 3, 8, 8)
 
 def reference_cam(model: nn.Module, x: Tensor, layer: str, target: list[int], method: str) -> Tensor:
     """Straightforward Grad-CAM / Grad-CAM++: hooks, .backward(), per-channel loops in float64."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    store: dict[str, Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
-    logits = model(x.clone())
-    handle.remove()
-    store["a"].retain_grad()
-    logits[torch.arange(len(target)), torch.tensor(target)].sum().backward()
-    acts = store["a"].detach().double().numpy()
-    grads = store["a"].grad.double().numpy()
+    acts, grads = (t.numpy() for t in reference_activation_and_gradient(model, x, layer, target))
     maps = []
     for a_n, g_n in zip(acts, grads, strict=True):
         cam = np.zeros(a_n.shape[1:])

@@ -29,6 +29,7 @@ from services.explainer.cam import (
 )
 from services.explainer.engine import ExplainOptions, Tiling, explain_images, tile_windows
 from services.explainer.model_store import LoadedModel
+from tests.cam_support import reference_activation_and_gradient
 
 torch.manual_seed(0)
 
@@ -49,24 +50,9 @@ X = torch.randn(4, 3, 8, 8)
 TARGET = [0, 1, 2, 1]
 
 
-def _reference(model: nn.Module, x: Tensor, layer: str, target: list[int]) -> tuple[Tensor, Tensor]:
-    """Activation and gradient of ``layer`` by a plain ``.backward()`` on a copy without in-place ReLUs."""
-    model = copy.deepcopy(model)
-    for module in model.modules():
-        if isinstance(module, nn.ReLU):
-            module.inplace = False
-    store: dict[str, Tensor] = {}
-    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: store.update(a=o))
-    logits = model(x.clone())
-    handle.remove()
-    store["a"].retain_grad()
-    logits[torch.arange(len(target)), torch.tensor(target)].sum().backward()
-    return store["a"].detach().double(), store["a"].grad.double()
-
-
 @pytest.mark.parametrize("layer", ["features.0", "features.3"])
 def test_layercam_and_hirescam_match_the_element_wise_formulas(layer: str) -> None:
-    a, g = _reference(MODEL, X, layer, TARGET)
+    a, g = reference_activation_and_gradient(MODEL, X, layer, TARGET)
     layercam, _ = explain_batch(MODEL, X, layer, "layercam", TARGET)
     hirescam, _ = explain_batch(MODEL, X, layer, "hirescam", TARGET)
     torch.testing.assert_close(layercam, torch.relu((torch.relu(g) * a).sum(1)).float(), atol=1e-5, rtol=1e-5)
