@@ -202,6 +202,8 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int, int, int]:
     """Read size, samples per pixel, bits per sample, extra samples and tile size from the first IFD (classic and BigTIFF).
 
     For tags holding several values (BitsPerSample of RGB) the first value is read, inline or at its offset.
+    A tag appearing twice is refused: libtiff keeps the first of some and the last of others, so a
+    duplicate could show these checks a 1x1 image and the decoder a huge one.
     """
     endian = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
@@ -220,11 +222,15 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int, int, int]:
         raise ValueError("TIFF directory offset is outside the file")
     (entries,) = struct.unpack(endian + count_fmt, data[ifd : ifd + count_size])
     found: dict[int, int] = {}
+    seen: set[int] = set()
     pos = ifd + count_size
     for _ in range(entries):
         if pos + entry_size > len(data):
             raise ValueError("TIFF directory is truncated")
         tag, typ = struct.unpack(endian + "HH", data[pos : pos + 4])
+        if tag in seen:
+            raise ValueError(f"TIFF tag {tag} appears twice in the directory")
+        seen.add(tag)
         if tag in _TIFF_TAGS:
             fmt = _TIFF_TYPE_FORMATS.get(typ)
             if fmt is None:

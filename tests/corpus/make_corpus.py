@@ -92,6 +92,10 @@ def cases() -> dict[str, tuple[str, str, bytes, str]]:
         # Found by tests/fuzz (libFuzzer out-of-memory): the tile size is not bounded by the image size.
         "tile-bomb.tiff": ("image", "", tile_bomb, "TIFF tiles need 1072693248 bytes"),
         "mask-tile-bomb.tiff": ("mask", "binary", tile_bomb, "TIFF tiles need"),
+        # libtiff read the first ImageWidth / ImageLength, the header check the last: 1x1 checked, 10000x10000 decoded.
+        "duplicate-size.tiff": ("image", "", tiff_ifd([(256, long_, 10000), (257, long_, 10000), (258, short, 8),
+                                                      (262, short, 1), (273, long_, 8), (256, short, 1), (257, short, 1)],
+                                                     b""), "appears twice"),
         "mask-bomb-20000.png": ("mask", "auto", png(20000, 20000, 0), "pixels > limit"),
         "mask-aspect.png": ("mask", "binary", png(4000, 1000, 0), "aspect ratio"),
         "mask-garbage.png": ("mask", "binary", b"\x89PNG\r\n\x1a\n garbage", "not a valid PNG"),

@@ -212,6 +212,20 @@ def test_tiff_tiles_larger_than_the_decode_budget_are_refused_before_decoding() 
         check_header(tiled_tiff(np.zeros((8, 8), np.uint8), 1024, 1024, stored_bytes=1), max_bytes=10**6,
                      max_pixels=10**6)
 
+
+def test_a_tiff_tag_given_twice_is_refused() -> None:
+    """libtiff decoded the first ImageWidth/ImageLength of this 24 KB file (5000x5000), the header check the last (1x1)."""
+    side = 5000
+    strip = zlib.compress(bytes(side * side), 9)
+    short, long_ = 3, 4
+    entries = [(256, long_, side), (257, long_, side), (258, short, 8), (259, short, 8), (262, short, 1),
+               (273, long_, 8 + 2 + 12 * 10 + 4), (277, short, 1), (279, long_, len(strip)),
+               (256, long_, 1), (257, long_, 1)]
+    ifd = b"".join(struct.pack("<HHII", tag, typ, 1, value) for tag, typ, value in entries)
+    data = b"II*\0" + struct.pack("<IH", 8, len(entries)) + ifd + bytes(4) + strip
+    with pytest.raises(BadImage, match="TIFF tag 256 appears twice"):
+        decode_image(data, max_pixels=1_000_000)
+
 # -- the OpenCV backstop ---------------------------------------------------------------------------
 
 def test_opencv_pixel_backstop_is_set_on_import() -> None:
