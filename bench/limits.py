@@ -5,7 +5,8 @@
 
 Cases (all small files): a 20000x20000 PNG mask (the issue's 389 KB finding, made of real zero rows), an
 RGBA 16-bit PNG at 6000x6000 (36 Mpx, under the pixel limit; the issue's 280 KB file) sent where alpha
-is refused, a PNG declaring a 2 GB chunk (found by tests/fuzz), and 10000 full-image boxes.
+is refused, a PNG declaring a 2 GB chunk and a 1x1 TIFF in 16384x16368 tiles (both found by tests/fuzz),
+and 10000 full-image boxes.
 Prints one line per case, then one JSON object.
 """
 
@@ -66,6 +67,7 @@ def cases() -> dict[str, tuple[str, bytes]]:
         "mask PNG 20000x20000": ("mask", _png(20000, 20000, 0, 8, _zero_rows(20000, 20000, 1))),
         "RGBA16 PNG 6000x6000": ("image", _png(6000, 6000, 6, 16, _zero_rows(6000, 6000, 8))),
         "PNG chunk claiming 2 GB": ("image", chunk_bomb),
+        "1x1 TIFF, 1 GB tiles": ("image", (ROOT / "tests" / "corpus" / "files" / "tile-bomb.tiff").read_bytes()),
         "10000 full-image boxes": ("boxes", b""),
     }
 

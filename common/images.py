@@ -4,8 +4,8 @@ Every service decodes with :func:`decode_image` and prepares model input with :f
 (training included), so the pixels a model sees in serving are computed exactly as in training.
 
 Decoding is defensive: the format is sniffed from magic bytes (JPEG, PNG, BMP, TIFF only); the pixel
-count, the channel count (alpha) and the sample depth (16-bit) are read from the header and checked
-*before* any pixel buffer is allocated (decompression bombs), and every failure is a
+count, the channel count (alpha), the sample depth (16-bit) and a TIFF's tile size are read from the header
+and checked *before* any pixel buffer is allocated (decompression bombs), and every failure is a
 :class:`~common.errors.BadImage`, never a crash. ``OPENCV_IO_MAX_IMAGE_PIXELS`` is set (unless the
 environment sets it) as a backstop for decoders reached some other way.
 EXIF orientation is ignored: pixels are used as stored, identically in training and serving.
@@ -40,7 +40,8 @@ class ImageHeader(NamedTuple):
     """What the header says about an image, read without decoding pixels.
 
     ``channels`` is the number OpenCV decodes to (an upper bound where the header leaves it open),
-    ``alpha`` whether one of them is an alpha channel, ``sample_bytes`` 1 or 2 (16-bit).
+    ``alpha`` whether one of them is an alpha channel, ``sample_bytes`` 1 or 2 (16-bit),
+    ``tile_width`` / ``tile_height`` a tiled TIFF's tile size (0 for every other image).
     """
 
     format: str
@@ -49,11 +50,22 @@ class ImageHeader(NamedTuple):
     channels: int = 3
     alpha: bool = False
     sample_bytes: int = 1
+    tile_width: int = 0
+    tile_height: int = 0
 
     @property
     def decoded_bytes(self) -> int:
         """Size of the buffer OpenCV allocates to decode the image."""
         return self.width * self.height * self.channels * self.sample_bytes
+
+    @property
+    def tile_bytes(self) -> int:
+        """Upper bound of the buffer OpenCV allocates for one TIFF tile, besides the image (0 when not tiled).
+
+        The tile size is not bounded by the image size: a 1x1 TIFF declaring 16384x16368 tiles made
+        OpenCV allocate (and fill) 1 GB (found by tests/fuzz). 8-bit tiles are read as RGBA: 4 samples a pixel.
+        """
+        return self.tile_width * self.tile_height * 4 * self.sample_bytes
 
 
 def _label(name: str) -> str:
@@ -181,13 +193,17 @@ _TIFF_TYPE_FORMATS = {3: "H", 4: "I", 16: "Q"}  # SHORT, LONG, LONG8
 
 
 _TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_EXTRA = 256, 257, 258, 262, 277, 338
-_TIFF_TAGS = (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_EXTRA)
+_TIFF_TILE_WIDTH, _TIFF_TILE_LENGTH = 322, 323
+_TIFF_TAGS = (_TIFF_WIDTH, _TIFF_LENGTH, _TIFF_BITS, _TIFF_PHOTOMETRIC, _TIFF_SAMPLES, _TIFF_EXTRA, _TIFF_TILE_WIDTH,
+              _TIFF_TILE_LENGTH)
 
 
-def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
-    """Read size, samples per pixel, bits per sample and extra samples from the first IFD (classic and BigTIFF).
+def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int, int, int]:
+    """Read size, samples per pixel, bits per sample, extra samples and tile size from the first IFD (classic and BigTIFF).
 
     For tags holding several values (BitsPerSample of RGB) the first value is read, inline or at its offset.
+    A tag appearing twice is refused: libtiff keeps the first of some and the last of others, so a
+    duplicate could show these checks a 1x1 image and the decoder a huge one.
     """
     endian = "<" if data[:2] == b"II" else ">"
     big = data[2:4] in (b"+\x00", b"\x00+")
@@ -206,11 +222,15 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
         raise ValueError("TIFF directory offset is outside the file")
     (entries,) = struct.unpack(endian + count_fmt, data[ifd : ifd + count_size])
     found: dict[int, int] = {}
+    seen: set[int] = set()
     pos = ifd + count_size
     for _ in range(entries):
         if pos + entry_size > len(data):
             raise ValueError("TIFF directory is truncated")
         tag, typ = struct.unpack(endian + "HH", data[pos : pos + 4])
+        if tag in seen:
+            raise ValueError(f"TIFF tag {tag} appears twice in the directory")
+        seen.add(tag)
         if tag in _TIFF_TAGS:
             fmt = _TIFF_TYPE_FORMATS.get(typ)
             if fmt is None:
@@ -236,7 +256,9 @@ def _tiff_header(data: bytes) -> tuple[int, int, int, bool, int]:
     cmyk = found.get(_TIFF_PHOTOMETRIC) == 5
     alpha = not cmyk and (samples in (2, 4) or found.get(_TIFF_EXTRA, 0) > 0)
     channels = 3 if cmyk else 4 if samples == 2 else samples
-    return found[_TIFF_WIDTH], found[_TIFF_LENGTH], channels, alpha, 2 if bits > 8 else 1
+    tile_width, tile_height = found.get(_TIFF_TILE_WIDTH, 0), found.get(_TIFF_TILE_LENGTH, 0)
+    return (found[_TIFF_WIDTH], found[_TIFF_LENGTH], channels, alpha, 2 if bits > 8 else 1, tile_width,
+            tile_height)
 
 
 _HEADER_READERS = {"jpeg": _jpeg_header, "png": _png_header, "bmp": _bmp_header, "tiff": _tiff_header}
@@ -255,20 +277,20 @@ def read_header(data: bytes, *, name: str = "", what: str = "") -> ImageHeader:
     if fmt is None:
         raise BadImage(f"{label} has an unsupported format (first bytes {data[:8]!r}); accepted: {', '.join(FORMATS)}")
     try:
-        width, height, channels, alpha, sample_bytes = _HEADER_READERS[fmt](data)
+        header = ImageHeader(fmt, *_HEADER_READERS[fmt](data))
     except (ValueError, struct.error) as exc:
         raise BadImage(f"{label} is not a valid {fmt.upper()}: {exc}") from exc
-    if width <= 0 or height <= 0:
-        raise BadImage(f"{label} has an empty size {width}x{height}")
-    return ImageHeader(fmt, width, height, channels, alpha, sample_bytes)
+    if header.width <= 0 or header.height <= 0:
+        raise BadImage(f"{label} has an empty size {header.width}x{header.height}")
+    return header
 
 
 def check_header(data: bytes, *, max_bytes: int, max_pixels: int, name: str = "", allow_alpha: bool = True,
                  what: str = "") -> ImageHeader:
-    """Every limit that can be checked before decoding: bytes, pixels, alpha, and the decoded buffer size.
+    """Every limit that can be checked before decoding: bytes, pixels, alpha, the decoded buffer and tile sizes.
 
     The decoded buffer may be at most what an 8-bit RGB image of ``max_pixels`` needs, so 16-bit or
-    4-channel images get proportionally fewer pixels.
+    4-channel images get proportionally fewer pixels; so may a TIFF's tile buffer, whatever the image size.
 
     Raises:
         BadImage: a limit is exceeded or the header is not readable.
@@ -288,6 +310,10 @@ def check_header(data: bytes, *, max_bytes: int, max_pixels: int, name: str = ""
             f"{label} is too large to decode: {header.width}x{header.height} with {header.channels} channels of "
             f"{8 * header.sample_bytes} bits needs {header.decoded_bytes} bytes > limit {budget} "
             f"(3 bytes per pixel of the {max_pixels}-pixel limit)")
+    if header.tile_bytes > budget:
+        raise BadImage(
+            f"{label} is too large to decode: its {header.tile_width}x{header.tile_height} TIFF tiles need "
+            f"{header.tile_bytes} bytes each > limit {budget} (3 bytes per pixel of the {max_pixels}-pixel limit)")
     return header
 
 

@@ -28,6 +28,12 @@ def png(width: int, height: int, color_type: int, depth: int = 8, extra: bytes =
             + extra + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
+def tiff_ifd(entries: list[tuple[int, int, int]], data: bytes) -> bytes:
+    """A classic little-endian TIFF whose one IFD holds (tag, type, value) entries of one inline value each."""
+    ifd = b"".join(struct.pack("<HHII", tag, typ, 1, value) for tag, typ, value in sorted(entries))
+    return b"II*\x00" + struct.pack("<IH", 8, len(entries)) + ifd + bytes(4) + data
+
+
 def encoded(ext: str, img: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(ext, img)
     assert ok
@@ -52,6 +58,10 @@ def cases() -> dict[str, tuple[str, str, bytes, str]]:
     tiff_far = bytearray(tiff)
     tiff_far[4:8] = struct.pack("<I", 1 << 30)
     square = encoded(".png", np.full((8, 8), 255, np.uint8))
+    short, long_ = 3, 4
+    # A 1x1 grey image in 16384x16368 tiles (one byte stored at offset 8): OpenCV allocated a 1 GB tile buffer.
+    tile_bomb = tiff_ifd([(256, short, 1), (257, short, 1), (258, short, 8), (259, short, 1), (262, short, 1),
+                          (322, long_, 16384), (323, long_, 16368), (324, long_, 8), (325, long_, 1)], b"")
     return {
         "empty.bin": ("image", "", b"", "empty"),
         "random.bin": ("image", "", rng.integers(0, 256, 512, dtype=np.uint8).tobytes(), "unsupported format"),
@@ -79,6 +89,13 @@ def cases() -> dict[str, tuple[str, str, bytes, str]]:
         "float.tiff": ("image", "", encoded(".tiff", np.zeros((4, 4), np.float32)), "32 bits per sample"),
         "ifd-outside.tiff": ("image", "", bytes(tiff_far), "outside the file"),
         "truncated.tiff": ("image", "", tiff[:12], "TIFF"),
+        # Found by tests/fuzz (libFuzzer out-of-memory): the tile size is not bounded by the image size.
+        "tile-bomb.tiff": ("image", "", tile_bomb, "TIFF tiles need 1072693248 bytes"),
+        "mask-tile-bomb.tiff": ("mask", "binary", tile_bomb, "TIFF tiles need"),
+        # libtiff read the first ImageWidth / ImageLength, the header check the last: 1x1 checked, 10000x10000 decoded.
+        "duplicate-size.tiff": ("image", "", tiff_ifd([(256, long_, 10000), (257, long_, 10000), (258, short, 8),
+                                                      (262, short, 1), (273, long_, 8), (256, short, 1), (257, short, 1)],
+                                                     b""), "appears twice"),
         "mask-bomb-20000.png": ("mask", "auto", png(20000, 20000, 0), "pixels > limit"),
         "mask-aspect.png": ("mask", "binary", png(4000, 1000, 0), "aspect ratio"),
         "mask-garbage.png": ("mask", "binary", b"\x89PNG\r\n\x1a\n garbage", "not a valid PNG"),

@@ -131,6 +131,101 @@ def test_rgba_8_bit_images_get_three_quarters_of_the_pixel_limit() -> None:
         decode_image(data, allow_alpha=True)
 
 
+
+def tiled_tiff(pixels: np.ndarray, tile_width: int, tile_height: int, stored_bytes: int | None = None) -> bytes:
+    """A classic little-endian, uncompressed, tiled TIFF of 8-bit grey (H, W) or RGB (H, W, 3) pixels.
+
+    Edge tiles are padded with zeros. ``stored_bytes`` stores that many zero bytes per tile instead of the
+    pixels: a hostile file need not carry its tiles to make the decoder allocate one.
+    """
+    height, width = pixels.shape[:2]
+    samples = 1 if pixels.ndim == 2 else pixels.shape[2]
+    across, down = -(-width // tile_width), -(-height // tile_height)
+    tiles = []
+    for ty in range(down if stored_bytes is None else 0):
+        for tx in range(across):
+            tile = np.zeros((tile_height, tile_width, samples), np.uint8)
+            part = pixels[ty * tile_height:(ty + 1) * tile_height, tx * tile_width:(tx + 1) * tile_width]
+            tile[:part.shape[0], :part.shape[1]] = part.reshape(part.shape[0], part.shape[1], samples)
+            tiles.append(tile.tobytes())
+    tiles = tiles if stored_bytes is None else [bytes(stored_bytes)] * (across * down)
+    short, long_ = 3, 4
+    entries = 11
+    extra = 8 + 2 + 12 * entries + 4  # arrays (bits per sample, tile offsets / counts) follow the directory
+    bits_at, offsets_at = extra, extra + 8
+    counts_at = offsets_at + 4 * len(tiles)
+    data_at = counts_at + 4 * len(tiles)
+    offsets = [data_at + sum(len(t) for t in tiles[:i]) for i in range(len(tiles))]
+
+    def entry(tag: int, typ: int, values: list[int], at: int) -> bytes:
+        if len(values) * (2 if typ == short else 4) <= 4:
+            return struct.pack("<HHI", tag, typ, len(values)) + struct.pack("<" + ("H" if typ == short else "I")
+                                                                             * len(values), *values).ljust(4, b"\0")
+        return struct.pack("<HHII", tag, typ, len(values), at)
+
+    ifd = b"".join([
+        entry(256, long_, [width], 0), entry(257, long_, [height], 0), entry(258, short, [8] * samples, bits_at),
+        entry(259, short, [1], 0), entry(262, short, [1 if samples == 1 else 2], 0), entry(277, short, [samples], 0),
+        entry(284, short, [1], 0), entry(322, long_, [tile_width], 0), entry(323, long_, [tile_height], 0),
+        entry(324, long_, offsets, offsets_at), entry(325, long_, [len(t) for t in tiles], counts_at)])
+    bits = struct.pack("<4H", *[8] * samples, *[0] * (4 - samples))
+    arrays = struct.pack(f"<{len(tiles)}I", *offsets) + struct.pack(f"<{len(tiles)}I", *(len(t) for t in tiles))
+    return b"II*\0" + struct.pack("<IH", 8, entries) + ifd + bytes(4) + bits + arrays + b"".join(tiles)
+
+
+def test_tiled_tiffs_decode_and_their_tile_size_is_read() -> None:
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (40, 70, 3), dtype=np.uint8)  # 3x2 tiles, the edge ones padded
+    data = tiled_tiff(rgb, 32, 32)
+    header = read_header(data)
+    assert (header.tile_width, header.tile_height, header.tile_bytes) == (32, 32, 32 * 32 * 4)
+    assert np.array_equal(decode_image(data), rgb)
+    small = rng.integers(0, 256, (10, 12), dtype=np.uint8)  # a small image in the usual 256x256 tiles
+    decoded = decode_image(tiled_tiff(small, 256, 256), max_pixels=1_000_000)
+    assert np.array_equal(decoded, np.dstack([small] * 3))
+    assert read_header(cv2.imencode(".tiff", rgb)[1].tobytes()).tile_bytes == 0  # OpenCV writes strips
+
+
+def test_tiff_tiles_larger_than_the_decode_budget_are_refused_before_decoding() -> None:
+    """Found by tests/fuzz: OpenCV allocates a whole tile whatever the image size, 1 GB for this 1x1 image."""
+    bomb = tiled_tiff(np.zeros((1, 1), np.uint8), 16384, 16368, stored_bytes=1)
+    probe = (
+        "import resource, sys\n"
+        "from common.errors import BadImage\n"
+        "from common.images import decode_image\n"
+        "data = sys.stdin.buffer.read()\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n"
+        "    decode_image(data)\n"
+        "except BadImage:\n"
+        "    pass\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], input=bomb, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert int(done.stdout) < 100, f"decoding a {len(bomb)}-byte tile bomb grew the peak RSS by {int(done.stdout)} MB"
+    assert len(bomb) < 300 and read_header(bomb).tile_bytes == 16384 * 16368 * 4
+    with pytest.raises(BadImage, match="16384x16368 TIFF tiles need 1072693248 bytes each > limit 120000000"):
+        decode_image(bomb)
+    with pytest.raises(BadImage, match="TIFF tiles need"):  # the budget follows the caller's pixel limit
+        check_header(tiled_tiff(np.zeros((8, 8), np.uint8), 1024, 1024, stored_bytes=1), max_bytes=10**6,
+                     max_pixels=10**6)
+
+
+def test_a_tiff_tag_given_twice_is_refused() -> None:
+    """libtiff decoded the first ImageWidth/ImageLength of this 24 KB file (5000x5000), the header check the last (1x1)."""
+    side = 5000
+    strip = zlib.compress(bytes(side * side), 9)
+    short, long_ = 3, 4
+    entries = [(256, long_, side), (257, long_, side), (258, short, 8), (259, short, 8), (262, short, 1),
+               (273, long_, 8 + 2 + 12 * 10 + 4), (277, short, 1), (279, long_, len(strip)),
+               (256, long_, 1), (257, long_, 1)]
+    ifd = b"".join(struct.pack("<HHII", tag, typ, 1, value) for tag, typ, value in entries)
+    data = b"II*\0" + struct.pack("<IH", 8, len(entries)) + ifd + bytes(4) + strip
+    with pytest.raises(BadImage, match="TIFF tag 256 appears twice"):
+        decode_image(data, max_pixels=1_000_000)
+
 # -- the OpenCV backstop ---------------------------------------------------------------------------
 
 def test_opencv_pixel_backstop_is_set_on_import() -> None:
