@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from common.errors import BadImage
-from common.images import read_header
+from common.images import OPENCV_PIXEL_BACKSTOP, check_header
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +125,8 @@ def scan_file(path: Path, decode: bool = True) -> FileFacts:
         return facts
     facts.sha256 = hashlib.sha256(data).hexdigest()
     try:
-        if len(data) > MAX_FILE_BYTES:
-            raise BadImage(f"{len(data)} bytes is more than {MAX_FILE_BYTES}")
-        header = read_header(data, name=path.name)
+        # Every header-level limit (pixels, decode buffer, TIFF tiles) before anything decodes the file.
+        header = check_header(data, max_bytes=MAX_FILE_BYTES, max_pixels=OPENCV_PIXEL_BACKSTOP, name=path.name)
         facts.format, facts.width, facts.height = header.format, header.width, header.height
         if header.format == "png" and b"IEND" not in data[-12:]:
             raise BadImage("PNG is truncated (no IEND chunk at the end)")

@@ -174,3 +174,10 @@ def test_header_level_pass_finds_exact_copies_and_truncation_without_decoding(tm
     assert full.test_duplicates == {"test/def/copy.png", "test/ok/near.jpg"}
     again = check_dataset(root, cache_dir=tmp_path / "cache", decode=False)
     assert again.report["cached"] and again.report["decoded"]  # cached full facts do answer a header request
+
+
+def test_scan_file_refuses_a_tiff_tile_bomb_from_its_header(tmp_path: Path) -> None:
+    # 122 bytes declaring 16384 x 16368 tiles: OpenCV would allocate about 1 GB to decode it.
+    bomb = Path(__file__).resolve().parents[1] / "corpus" / "files" / "tile-bomb.tiff"
+    facts = scan_file(bomb, decode=True)
+    assert "tile" in facts.error and not facts.decoded
