@@ -323,6 +323,15 @@ def _redis_url() -> tuple[str, EmbeddedRedis | None]:
         return embedded.start(), embedded
 
 
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove a bench run's keys (``<prefix>:*``) from the shared Redis."""
+    client = connect(url)
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured phase")
@@ -411,10 +420,7 @@ def main() -> None:
             finally:
                 served.close()
     finally:
-        client = connect(url)
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
+        delete_prefix(url, prefix)
         if embedded is not None:
             embedded.stop()
         if args.work is None:

@@ -42,8 +42,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 import tritonclient.grpc as triton  # noqa: E402
 
-from bench.classifier import _free_port, _pct, _redis_url, load_jpegs, publish_model, serving, wait_for_quiet  # noqa: E402
-from common.redis_conn import connect  # noqa: E402
+from bench.classifier import _free_port, _pct, _redis_url, delete_prefix, load_jpegs, publish_model, serving, wait_for_quiet  # noqa: E402
 from common.registry import Registry  # noqa: E402
 from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2  # noqa: E402
 
@@ -188,10 +187,7 @@ def main() -> None:
                 zdm.close()
                 oip.close()
     finally:
-        client = connect(url)
-        keys = list(client.scan_iter(f"{prefix}:*"))
-        if keys:
-            client.delete(*keys)
+        delete_prefix(url, prefix)
         if embedded is not None:
             embedded.stop()
         if args.work is None:

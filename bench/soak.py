@@ -52,7 +52,7 @@ import cv2  # noqa: E402
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bench.classifier import _free_port, _pct, _redis_url, served_process  # noqa: E402
+from bench.classifier import _free_port, _pct, _redis_url, delete_prefix, served_process  # noqa: E402
 from bench.idle_streams import publish_tiny  # noqa: E402
 from client.sdk import ClassifierClient, Credentials, ExplainerClient, TrainerClient  # noqa: E402
 from common.auth import token_sha256  # noqa: E402
@@ -363,7 +363,8 @@ def main() -> None:
                                                    "sha256": token_sha256(token)}]}))
     url, embedded = _redis_url()
     ports = {name: _free_port() for name in ("classifier", "explainer", "trainer")}
-    env = {"REDIS_URL": url, "ZDM_KEY_PREFIX": f"zdmsoak:{os.getpid()}", "ZDM_REGISTRY": str(work / "registry"),
+    prefix = f"zdmsoak:{os.getpid()}"
+    env = {"REDIS_URL": url, "ZDM_KEY_PREFIX": prefix, "ZDM_REGISTRY": str(work / "registry"),
            "ZDM_CACHE_DIR": str(work / "cache"), "ZDM_LOG_LEVEL": "WARNING", "ZDM_DATA_ROOTS": str(work),
            "ZDM_AUTH_TOKENS_FILE": str(tokens_file), "ZDM_RATE_LIMITS": "{}",
            "ZDM_CLASSIFIER_HOST": "127.0.0.1", "ZDM_CLASSIFIER_PORT": str(ports["classifier"]),
@@ -407,6 +408,7 @@ def main() -> None:
         result["meets_targets"] = (result["total_errors"] == 0
                                    and result["max_rss_growth_pct"] < TARGETS["rss_growth_pct_below"])
     finally:
+        delete_prefix(url, prefix)
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(work, ignore_errors=True)
