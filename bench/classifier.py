@@ -176,10 +176,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(env: dict[str, str], port: int) -> Iterator[str]:
-    """Run ``python -m services.classifier`` until it reports SERVING; stop it with SIGTERM afterwards."""
+def served_process(env: dict[str, str], port: int, module: str = "services.classifier",
+                   service: str = "zdm.v1.Classifier") -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``python -m <module>`` until it reports SERVING for ``service`` (health stays open with auth on);
+    yields its address and process; stops it with SIGTERM afterwards."""
     root = Path(__file__).resolve().parents[1]
-    proc = subprocess.Popen([sys.executable, "-m", "services.classifier"], cwd=root, env={**os.environ, **env})
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=root, env={**os.environ, **env})
     target = f"127.0.0.1:{port}"
     try:
         channel = grpc.insecure_channel(target)
@@ -187,16 +189,16 @@ def serving(env: dict[str, str], port: int) -> Iterator[str]:
         deadline = time.monotonic() + 600
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"the classifier exited with {proc.returncode}")
+                raise RuntimeError(f"{module} exited with {proc.returncode}")
             with contextlib.suppress(grpc.RpcError):
-                status = health.Check(health_pb2.HealthCheckRequest(service="zdm.v1.Classifier"), timeout=1)
+                status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)
                 if status.status == health_pb2.HealthCheckResponse.SERVING:
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError("the classifier did not become SERVING")
+                raise TimeoutError(f"{module} did not become SERVING")
             time.sleep(0.2)
         channel.close()
-        yield target
+        yield target, proc
     finally:
         proc.terminate()
         try:
@@ -253,14 +255,18 @@ def classifier_env(url: str, prefix: str, work: Path, port: int, backend: str) -
 
 def clean_up(url: str, prefix: str, embedded: EmbeddedRedis | None, scratch: Path | None) -> None:
     """Delete the run's Redis keys, stop the embedded Redis if one was started, remove the scratch folder if any."""
-    client = connect(url)
-    keys = list(client.scan_iter(f"{prefix}:*"))
-    if keys:
-        client.delete(*keys)
+    delete_prefix(url, prefix)
     if embedded is not None:
         embedded.stop()
     if scratch is not None:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[str]:
+    """Run ``python -m services.classifier`` until it reports SERVING; stop it with SIGTERM afterwards."""
+    with served_process(env, port) as (target, _):
+        yield target
 
 
 class Served:
@@ -344,6 +350,15 @@ def _redis_url() -> tuple[str, EmbeddedRedis | None]:
     except redis.RedisError:
         embedded = EmbeddedRedis()
         return embedded.start(), embedded
+
+
+def delete_prefix(url: str, prefix: str) -> None:
+    """Remove a bench run's keys (``<prefix>:*``) from the shared Redis."""
+    client = connect(url)
+    keys = list(client.scan_iter(f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
 
 
 def main() -> None:

@@ -43,10 +43,11 @@ from protos.zdm.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2  # noq
 CALL_TIMEOUT = 3.0
 
 
-def publish_tiny(registry: Registry) -> None:
+def publish_tiny(registry: Registry, name: str = "idle-bench") -> None:
+    """A tiny random test_resnet (64 px, 2 classes) as ``name`` version 1 (also used by bench/soak.py)."""
     torch.manual_seed(0)
     model = build_model("test_resnet", 2, pretrained=False, image_size=64)
-    registry.publish(Manifest(name="idle-bench", architecture="test_resnet", timm_name="test_resnet",
+    registry.publish(Manifest(name=name, architecture="test_resnet", timm_name="test_resnet",
                               classes=["def_front", "ok_front"], defect_class="def_front",
                               preprocessing=Preprocessing(image_size=64, mean=[0.5] * 3, std=[0.25] * 3)),
                      model.state_dict())
