@@ -7,8 +7,10 @@ trainer's choices.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 MANIFEST_FILE = "manifest.json"
@@ -83,6 +85,12 @@ class VerificationInfo(BaseModel):
     class_counts: dict[str, int] = Field(default_factory=dict)
     source: str = "val"  # the split the images come from
     reference: str = "torch-cpu-fp32"  # what computed the stored probabilities
+
+
+def defect_probability(probs: np.ndarray, defect_indices: Sequence[int]) -> np.ndarray:
+    """The probability of a defect (last axis: classes): the summed probability of the defect classes. The one
+    rule the trainer's operating point, the verification set and the classifier's verdict decide on."""
+    return probs[..., list(defect_indices)].sum(axis=-1)
 
 
 class Manifest(BaseModel):

@@ -23,6 +23,7 @@ import numpy as np
 
 from common.errors import ZdmError
 from common.images import preprocess_batch
+from common.manifest import defect_probability
 
 VERIFICATION_FILE = "verification.safetensors"
 _KEYS = ("pixels", "labels", "probabilities")
@@ -134,7 +135,7 @@ def verdicts(probabilities: np.ndarray, defect_indices: Sequence[int],
              threshold: float) -> tuple[np.ndarray, np.ndarray]:
     """(defective at ``threshold``, predicted class) per row: the two things a verdict reports. A part is
     defective when the summed probability of the defect classes (``Manifest.defect_indices``) reaches it."""
-    return probabilities[:, list(defect_indices)].sum(axis=1) >= threshold, probabilities.argmax(axis=1)
+    return defect_probability(probabilities, defect_indices) >= threshold, probabilities.argmax(axis=1)
 
 
 def compare(reference: np.ndarray, probabilities: np.ndarray, defect_indices: Sequence[int],

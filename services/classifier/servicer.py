@@ -27,6 +27,7 @@ import numpy as np
 from common.auth import caller
 from common.errors import BadImage, DeadlineExceeded, InvalidArgument, Unavailable, ZdmError
 from common.images import decode_image, preprocess
+from common.manifest import defect_probability
 from common.proto_convert import manifest_to_info
 from common.registry import Registry
 from common.settings import ClassifierSettings
@@ -303,7 +304,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         manifest = p.model.manifest
         probs = _softmax(out.logits)
         defects = p.model.defect_indices  # defective = not an ok class; binary: the one defect class
-        defect_p = float(probs[defects].sum()) if len(defects) > 1 else float(probs[defects[0]])
+        defect_p = float(defect_probability(probs, defects))
         defect_type = manifest.classes[defects[int(np.argmax(probs[defects]))]]
         threshold = p.threshold if p.threshold is not None else self._thresholds.get(manifest.name,
                                                                                       manifest.decision_threshold)

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from common.manifest import defect_probability
 from common.metrics import classification_metrics
 from services.trainer.spec import OperatingPointConfig
 
@@ -127,11 +128,6 @@ def choose_operating_point(is_defect: np.ndarray, score: np.ndarray, config: Ope
     )
 
 
-def defect_score(probs: np.ndarray, defect_indices: Sequence[int]) -> np.ndarray:
-    """Per row, the probability of a defect: the summed probability of the defect classes (not an ok class)."""
-    return probs[:, list(defect_indices)].sum(1)
-
-
 def decide(probs: np.ndarray, defect_indices: Sequence[int], threshold: float) -> np.ndarray:
     """Class decisions: the likeliest defect class where the defect score reaches the threshold, else the
     likeliest ok class (for two classes: the defect class at the threshold, else the other one)."""
@@ -139,7 +135,7 @@ def decide(probs: np.ndarray, defect_indices: Sequence[int], threshold: float) -
     defects[list(defect_indices)] = True
     best_defect = np.where(defects, probs, -np.inf).argmax(1)
     best_ok = np.where(defects, -np.inf, probs).argmax(1)
-    return np.where(defect_score(probs, defect_indices) >= threshold, best_defect, best_ok)
+    return np.where(defect_probability(probs, defect_indices) >= threshold, best_defect, best_ok)
 
 
 def metrics_at_threshold(y_true: np.ndarray, probs: np.ndarray, classes: list[str], defect_indices: Sequence[int],

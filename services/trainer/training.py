@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common.manifest import defect_indices as manifest_defect_indices
+from common.manifest import defect_probability
 from common.metrics import classification_metrics, cosine_similarity
 from common.models.freeze import FreezeReport, apply_freeze, train_mode
 from common.models.weights import load_initial_weights
@@ -38,7 +39,7 @@ from common.verification import VerificationSet
 from services.trainer import checkpoints
 from services.trainer.class_roles import resolve_defect_class
 from services.trainer.data import DEFAULT_IN_MEMORY_BYTES, BatchSource, PreparedData, prepare_data
-from services.trainer.operating_point import choose_operating_point, defect_score, metrics_at_threshold
+from services.trainer.operating_point import choose_operating_point, metrics_at_threshold
 from services.trainer.optim import LrSchedule, build_optimizer
 from services.trainer.recipes import class_weights
 from services.trainer.runtime import Runtime, resolve_runtime
@@ -437,7 +438,7 @@ def fit(config: JobConfig, options: FitOptions | None = None, hooks: FitHooks | 
     # Several defect types: the score is the summed probability of the classes that are not ok.
     defect_indices = manifest_defect_indices(data.classes, defect_class, config.ok_classes)
     val_y, val_p, val_loss = runner.predict(data.val)
-    point = choose_operating_point(np.isin(val_y, defect_indices), defect_score(val_p, defect_indices),
+    point = choose_operating_point(np.isin(val_y, defect_indices), defect_probability(val_p, defect_indices),
                                    config.operating_point)
     metrics["val@op"] = metrics_at_threshold(val_y, val_p, data.classes, defect_indices, point.threshold, val_loss)
     test_splits = {"test": data.test, "test_dedup": data.test_dedup}
